@@ -1,0 +1,119 @@
+"""Plain functions every datamodule shares: find the data, load it, check it, split it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, load_dataset
+
+from tunelab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SPLIT_ALIASES = {
+    "train": ("train",),
+    "validation": ("validation", "val", "valid", "dev"),
+    "test": ("test",),
+}
+
+
+def resolve_local(path: str, root: str) -> Path | None:
+    """The local file or folder `path` refers to (as given, or under the data root), if any."""
+    for candidate in (Path(path).expanduser(), Path(root).expanduser() / path):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def not_found(path: str, root: str) -> DataError:
+    """The error for data that is neither local nor loadable from the hub."""
+    return DataError(
+        f"data.path='{path}' was not found: looked at ./{path} and {Path(root) / path} "
+        f"(data root from TUNELAB_DATA_DIR or data.root), and it is not a reachable hub id.\n"
+        f"Fix: export TUNELAB_DATA_DIR=<folder holding {path}/>, or set data.path to an existing "
+        "file or folder."
+    )
+
+
+def _split_files(folder: Path) -> dict[str, str]:
+    """Map split names to files named train.*, validation.* (val, dev), test.* in a folder."""
+    files: dict[str, str] = {}
+    for split, aliases in SPLIT_ALIASES.items():
+        for alias in aliases:
+            hits = [p for p in sorted(folder.glob(f"{alias}.*")) if p.suffix in BUILDERS]
+            if hits:
+                files[split] = str(hits[0])
+                break
+    return files
+
+
+def load_local(location: Path) -> DatasetDict:
+    """Load a CSV/JSON/JSONL/Parquet file, or a folder of split files, into a `DatasetDict`."""
+    files = {"train": str(location)} if location.is_file() else _split_files(location)
+    if "train" not in files:
+        raise DataError(
+            f"no train file in {location}: expected train.csv / train.json / train.jsonl / "
+            "train.parquet (and optionally validation.* and test.*), or a single data file"
+        )
+    suffixes = {Path(f).suffix for f in files.values()}
+    if len(suffixes) != 1 or next(iter(suffixes)) not in BUILDERS:
+        raise DataError(f"split files must share one format of {sorted(BUILDERS)}; got {files}")
+    return load_dataset(BUILDERS[suffixes.pop()], data_files=files)
+
+
+def load_hub(hub_id: str, path: str, root: str) -> DatasetDict:
+    """Load a dataset from the Hugging Face Hub, turning network failures into a clear error."""
+    try:
+        return load_dataset(hub_id)
+    except Exception as err:
+        raise DataError(f"{not_found(path, root)}\nHub load of '{hub_id}' failed: {err}") from err
+
+
+def check_columns(data: DatasetDict, columns: list[str], keys: list[str]) -> None:
+    """Every split must have the configured columns; name the override that fixes it."""
+    for split, ds in data.items():
+        for column, key in zip(columns, keys, strict=True):
+            if column not in ds.column_names:
+                raise DataError(
+                    f"column '{column}' (data.{key}) is missing from the {split} split; "
+                    f"its columns are {ds.column_names}. Fix: data.{key}=<one of those>"
+                )
+
+
+def check_not_empty(data: DatasetDict) -> None:
+    """Fail on an empty split instead of training or testing on nothing."""
+    for split, ds in data.items():
+        if len(ds) == 0:
+            raise DataError(
+                f"the {split} split is empty; add rows to it, or lower data.val_size / "
+                "data.test_size so a carved split keeps at least one row"
+            )
+
+
+def carve(ds: Dataset, size: float, seed: int, stratify: str | None) -> tuple[Dataset, Dataset]:
+    """Split `size` (a fraction < 1, or a row count) off `ds`, stratified when possible."""
+    size = int(size) if size >= 1 else size
+    try:
+        parts = ds.train_test_split(test_size=size, seed=seed, stratify_by_column=stratify)
+    except ValueError as err:  # too few rows per class for a stratified split
+        log.warning("stratified split impossible (%s); splitting at random", err)
+        parts = ds.train_test_split(test_size=size, seed=seed)
+    return parts["train"], parts["test"]
+
+
+def load_tokenizer(name_or_path: str):
+    """Load the tokenizer of `model.name_or_path`, with the fix in the error."""
+    from transformers import AutoTokenizer
+
+    from tunelab.errors import ModelLoadError
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"cannot load a tokenizer from model.name_or_path='{name_or_path}': "
+            f"{str(err).splitlines()[0]}\nFix: a local model folder with tokenizer files, or a "
+            "reachable Hugging Face Hub id"
+        ) from err

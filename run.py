@@ -1,0 +1,81 @@
+"""tunelab: fine-tune a language model on your domain data, tracked in MLflow.
+
+    python run.py experiment=NAME [group=option ...] [key=value ...]
+    python run.py --help            # usage plus available experiments, methods, datasets, ...
+    python run.py experiment=NAME --cfg   # print the composed config and exit
+
+Config, validation and `--help` import nothing heavy; torch, Lightning and the rest are imported
+only once the whole config has been checked.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tunelab.config import GROUP_DIRS, available
+
+USAGE = """usage: python run.py experiment=NAME [group=option ...] [key=value ...] [--cfg]
+
+Examples:
+  python run.py experiment=quickstart
+  python run.py experiment=lora_minilm_banking77 method.r=16 optim.lr=3e-4 trainer.max_epochs=2 seed=1
+  python run.py experiment=lora_minilm_banking77 sweep=lora_rank_lr sweep.n_trials=20
+
+Environment: TUNELAB_DATA_DIR (data root holding banking77/, clinc150/, ...),
+             MLFLOW_TRACKING_URI (default: sqlite:///mlflow.db in this folder)."""
+
+
+def _first_comment(path: os.PathLike) -> str:
+    """The description line of a YAML file: its first comment that is not the run command."""
+    with open(path) as handle:
+        for line in handle:
+            text = line.lstrip("# ").strip()
+            if line.startswith("#") and text and not text.startswith("python run.py"):
+                return text
+    return ""
+
+
+def describe() -> str:
+    """Usage plus every selectable option of every config group, with one-line descriptions."""
+    lines = [USAGE]
+    for group, folder in GROUP_DIRS.items():
+        lines.append(f"\n{group}= ")
+        for name in available(group):
+            lines.append(f"  {name:<28} {_first_comment(folder / f'{name}.yaml')[:90]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """Run one experiment or sweep from command-line overrides; return the exit code."""
+    if any(arg in ("-h", "--help", "help", "list") for arg in argv):
+        print(describe())
+        return 0
+    from tunelab.config import ConfigError
+    from tunelab.errors import TunelabError
+    from tunelab.validate import load_config
+
+    print_only = "--cfg" in argv
+    try:
+        cfg, run = load_config([arg for arg in argv if arg != "--cfg"])
+        if print_only:
+            from omegaconf import OmegaConf
+
+            print(OmegaConf.to_yaml(cfg, resolve=True))
+            return 0
+        if run.sweep is not None:
+            from sweeps.optuna_sweep import run_sweep
+
+            run_sweep(cfg, run)
+        else:
+            from tunelab.report import run_and_report
+
+            run_and_report(cfg, run)
+    except TunelabError as err:
+        print(f"\nerror: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""tunelab infrastructure: config composition and validation, the run pipeline, tracking."""

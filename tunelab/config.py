@@ -1,0 +1,163 @@
+"""Compose `run.py` arguments into one config and validate it before anything heavy is imported.
+
+Hydra composes the config groups in `configs/`, the recipes in `experiments/` (group
+`experiment`) and the search spaces in `sweeps/` (group `sweep`). Value overrides such as
+`method.r=16` are applied here rather than by Hydra so that every problem (unknown keys, unknown
+names, wrong types, out-of-range values) is collected and reported in one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from tunelab.errors import TunelabError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+GROUP_DIRS = {
+    "experiment": REPO_ROOT / "experiments",
+    "sweep": REPO_ROOT / "sweeps",
+    "method": CONFIG_DIR / "method",
+    "data": CONFIG_DIR / "data",
+    "model": CONFIG_DIR / "model",
+    "optim": CONFIG_DIR / "optim",
+    "trainer": CONFIG_DIR / "trainer",
+    "logger": CONFIG_DIR / "logger",
+    "export": CONFIG_DIR / "export",
+}
+
+
+class ConfigError(TunelabError):
+    """Every problem found in a config, one per line, each naming the key and the fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid config ({len(problems)} problem(s)):\n{lines}")
+
+
+def available(group: str) -> list[str]:
+    """Names selectable in a config group (its YAML file stems), sorted."""
+    return sorted(p.stem for p in GROUP_DIRS[group].glob("*.yaml"))
+
+
+def nearest(word: str, candidates: list[str]) -> str:
+    """A ` (did you mean X?)` hint for the closest candidate, or an empty string."""
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _package_dir(package: str, sub: str = "") -> str:
+    """Resolver `${package_dir:pkg,sub}`: a folder inside an installed package, found lazily."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"package '{package}' is not installed: pip install {package.replace('_', '-')}")
+    return str(Path(next(iter(spec.submodule_search_locations))) / sub)
+
+
+def register_resolvers() -> None:
+    """Register tunelab's OmegaConf resolvers (idempotent)."""
+    if not OmegaConf.has_resolver("package_dir"):
+        OmegaConf.register_new_resolver("package_dir", _package_dir)
+
+
+def _register_flat_groups() -> None:
+    """Expose `experiments/*.yaml` and `sweeps/*.yaml` to Hydra as groups `experiment`, `sweep`."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for path in sorted(GROUP_DIRS["experiment"].glob("*.yaml")):
+        store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
+    for path in sorted(GROUP_DIRS["sweep"].glob("*.yaml")):
+        store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="sweep")
+
+
+def _split_overrides(args: list[str], problems: list[str]) -> tuple[list[str], list[Any]]:
+    """Split CLI overrides into group selections (for Hydra) and value overrides (applied here)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    selections, values = [], []
+    for arg in args:
+        try:
+            override = parser.parse_override(arg)
+        except Exception as err:  # hydra raises OverrideParseException with a useful message
+            problems.append(f"cannot parse override '{arg}': {err}")
+            continue
+        key = override.key_or_group
+        if key in GROUP_DIRS and override.package is None:
+            choice = override.value()
+            if choice is not None and str(choice) not in available(key):
+                names = available(key)
+                problems.append(
+                    f"{key}={choice}: unknown {key}{nearest(str(choice), names)}; "
+                    f"available: {', '.join(names)}"
+                )
+                continue
+            selections.append(arg)
+        elif override.is_add() or override.is_delete() or override.is_force_add():
+            selections.append(arg)
+        else:
+            values.append(override)
+    return selections, values
+
+
+def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
+    """All dotted key paths in a config (for 'did you mean' hints)."""
+    if not isinstance(node, DictConfig):
+        return [prefix] if prefix else []
+    paths = [prefix] if prefix else []
+    for key in node.keys():
+        paths += _leaf_paths(node._get_node(key), f"{prefix}.{key}" if prefix else str(key))
+    return paths
+
+
+def _apply_values(cfg: DictConfig, overrides: list[Any], problems: list[str]) -> None:
+    """Apply `key=value` overrides, reporting keys that do not exist instead of adding them."""
+    known = _leaf_paths(cfg)
+    for override in overrides:
+        key = override.key_or_group
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if not isinstance(node, DictConfig) or leaf not in node:
+            problems.append(f"{key}: unknown key{nearest(key, known)}")
+            continue
+        OmegaConf.update(cfg, key, override.value(), merge=False, force_add=True)
+
+
+def compose(args: list[str], problems: list[str] | None = None) -> DictConfig:
+    """Compose the run config from CLI-style overrides such as `method.r=16`.
+
+    Args:
+        args: overrides as given on the command line.
+        problems: when given, problems are appended here (for one combined report with the
+            schema check) instead of raised.
+
+    Raises:
+        ConfigError: listing every problem, when `problems` is None or composition fails.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    collect = problems is not None
+    problems = problems if collect else []
+    selections, values = _split_overrides(args, problems)
+    _register_flat_groups()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=selections)
+    except Exception as err:  # composition errors carry Hydra's own explanation
+        raise ConfigError([*problems, f"composition failed: {err}"]) from None
+    OmegaConf.set_struct(cfg, False)
+    _apply_values(cfg, values, problems)
+    if problems and not collect:
+        raise ConfigError(problems)
+    return cfg

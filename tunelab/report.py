@@ -1,0 +1,57 @@
+"""Run one experiment from the command line and print its summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from omegaconf import DictConfig
+
+from tunelab.schema import RunConfig
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for the progress bar and the summary, not library chatter."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def print_summary(run: RunConfig, result) -> None:
+    """A short table: test metrics, parameters, wall time, where the run is in MLflow."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tunelab.tracking import ui_command
+
+    table = Table(title=f"tunelab · {run.name}", show_header=False)
+    for key, value in sorted(result.metrics.items()):
+        table.add_row(key, f"{value:.4f}")
+    trainable, total = result.trainable_params, result.total_params
+    table.add_row("trainable / total params",
+                  f"{trainable:,} / {total:,} ({100 * trainable / max(total, 1):.2f}%)")
+    table.add_row("wall time", f"{result.wall_time_s:.0f} s")
+    table.add_row("run folder", str(result.run_dir))
+    table.add_row("MLflow run id", result.run_id)
+    uri = run.logger.tracking_uri
+    table.add_row("MLflow UI", f"{ui_command(uri)}  ->  http://127.0.0.1:5000/#/experiments/"
+                  f"{result.experiment_id}/runs/{result.run_id}")
+    Console().print(table)
+
+
+def run_and_report(cfg: DictConfig, run: RunConfig) -> None:
+    """Run the experiment and print the summary."""
+    quiet_libraries()
+    from tunelab.pipeline import run_experiment
+
+    print_summary(run, run_experiment(cfg, run))

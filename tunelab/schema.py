@@ -1,0 +1,159 @@
+"""Typed schemas for every config group, checked before anything heavy is imported.
+
+Each group is a small pydantic model with `extra="forbid"`, so an unknown key is an error and
+not a silent no-op. Methods and datasets are selected by their `name` field; adding one means one
+schema class here, one module, one YAML.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Strict(BaseModel):
+    """Base for every schema: unknown keys are errors, `_target_` is allowed at group top."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Targeted(Strict):
+    """A group instantiated from `_target_` (a dotted class path inside this repo)."""
+
+    target: str = Field(alias="_target_", pattern=r"^[A-Za-z_][\w.]*$")
+
+
+# ----------------------------------------------------------------------------- methods
+class FullMethod(Targeted):
+    """Full fine-tuning: every weight trains."""
+
+    name: Literal["full"]
+
+
+class LoraMethod(Targeted):
+    """LoRA adapters via peft."""
+
+    name: Literal["lora"]
+    r: PositiveInt = 8
+    alpha: Annotated[float, Field(gt=0)] = 16
+    dropout: Probability = 0.0
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+METHODS: dict[str, type[Targeted]] = {
+    "full": FullMethod,
+    "lora": LoraMethod,
+}
+
+
+# ----------------------------------------------------------------------------- data
+class ClassificationData(Targeted):
+    """Text classification datasets (banking77, text_classification)."""
+
+    name: Literal["banking77", "text_classification"]
+    root: str = "data"
+    path: str
+    hub_id: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    val_size: Annotated[float, Field(gt=0)] = 0.1
+    test_size: Annotated[float, Field(gt=0)] = 0.1
+    max_train_samples: PositiveInt | None = None
+    batch_size: PositiveInt = 32
+    eval_batch_size: PositiveInt = 128
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @property
+    def task(self) -> str:
+        """The model task this data feeds."""
+        return "sequence_classification"
+
+    @model_validator(mode="after")
+    def _path_given(self) -> ClassificationData:
+        if self.path in ("", "???"):
+            raise ValueError("data.path is required: a local file/folder or a hub id")
+        return self
+
+
+DATASETS: dict[str, type[Targeted]] = {
+    "banking77": ClassificationData,
+    "text_classification": ClassificationData,
+}
+
+
+# ----------------------------------------------------------------------------- the rest
+class ModelConfig(Strict):
+    """The pretrained base model."""
+
+    name_or_path: str
+    task: Literal["sequence_classification", "causal_lm"]
+    max_length: PositiveInt = 128
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class OptimConfig(Strict):
+    """AdamW and its learning-rate schedule."""
+
+    lr: Annotated[float, Field(gt=0, lt=1)]
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_ratio: Fraction = 0.0
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    betas: tuple[Probability, Probability] = (0.9, 0.999)
+
+
+class TrainerConfig(Strict):
+    """The subset of `lightning.Trainer` arguments tunelab exposes."""
+
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
+    devices: PositiveInt | Literal["auto"] = 1
+    precision: Literal["32-true", "32", "bf16-mixed", "bf16-true", "16-mixed"] = "32-true"
+    max_epochs: Annotated[int, Field(ge=-1)] = 3
+    max_steps: Annotated[int, Field(ge=-1)] = -1
+    accumulate_grad_batches: PositiveInt = 1
+    gradient_clip_val: Annotated[float, Field(ge=0)] | None = 1.0
+    val_check_interval: Annotated[float, Field(gt=0)] = 1.0
+    check_val_every_n_epoch: PositiveInt = 1
+    log_every_n_steps: PositiveInt = 10
+    num_sanity_val_steps: Annotated[int, Field(ge=-1)] = 2
+    limit_train_batches: Annotated[float, Field(gt=0)] = 1.0
+    limit_val_batches: Annotated[float, Field(ge=0)] = 1.0
+    limit_test_batches: Annotated[float, Field(ge=0)] = 1.0
+    fast_dev_run: bool | PositiveInt = False
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+class LoggerConfig(Strict):
+    """MLflow tracking settings."""
+
+    tracking_uri: str
+    experiment_name: str = "tunelab"
+    log_model: bool = True
+
+
+class ExportConfig(Strict):
+    """What is written after the test stage."""
+
+    save_model: bool = True
+    merge: bool = False
+
+
+class RunConfig(Strict):
+    """The whole composed config of one run."""
+
+    name: str = Field(pattern=r"^[\w.\-]+$")
+    seed: Annotated[int, Field(ge=0)] = 42
+    output_root: str = "outputs"
+    method: dict[str, Any]
+    data: dict[str, Any]
+    model: ModelConfig
+    optim: OptimConfig
+    trainer: TrainerConfig
+    logger: LoggerConfig
+    export: ExportConfig
+    sweep: dict[str, Any] | None = None

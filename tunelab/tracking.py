@@ -1,0 +1,72 @@
+"""MLflow helpers: the logger of a run, its params and tags, and the run summary."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+from tunelab.config import REPO_ROOT
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"method": {"r": 8}}` -> `{"method.r": 8}` (lists stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat |= flatten(value, path)
+        else:
+            flat[path] = value
+    return flat
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit (with `-dirty` when it has uncommitted changes)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        return f"{sha}-dirty" if dirty else sha
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_tags(resolved: dict[str, Any]) -> dict[str, str]:
+    """Tags every run carries: method, model, dataset, experiment and git commit."""
+    commit = git_commit()
+    return {
+        "method": resolved["method"]["name"],
+        "model": resolved["model"]["name_or_path"],
+        "dataset": resolved["data"]["name"],
+        "experiment": resolved["name"],
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+    }
+
+
+def make_logger(resolved: dict[str, Any], parent_run_id: str | None = None) -> Any:
+    """An `MLFlowLogger` for one run; a nested child of `parent_run_id` when given."""
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow import MlflowClient
+
+    cfg = resolved["logger"]
+    tags = run_tags(resolved)
+    run_id = None
+    if parent_run_id is not None:
+        client = MlflowClient(cfg["tracking_uri"])
+        parent = client.get_run(parent_run_id)
+        run = client.create_run(parent.info.experiment_id, run_name=resolved["name"],
+                                tags=tags | {"mlflow.parentRunId": parent_run_id})
+        run_id = run.info.run_id
+    return MLFlowLogger(
+        experiment_name=cfg["experiment_name"], tracking_uri=cfg["tracking_uri"],
+        run_name=resolved["name"], tags=tags, run_id=run_id, log_model=False,
+    )
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The `mlflow ui` command that shows runs stored at `tracking_uri`."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"
