@@ -19,7 +19,8 @@ USAGE = """usage: python run.py experiment=NAME [group=option ...] [key=value ..
 
 Examples:
   python run.py experiment=quickstart
-  python run.py experiment=lora_minilm_banking77 method.r=16 optim.lr=3e-4 trainer.max_epochs=2 seed=1
+  python run.py experiment=lora_minilm_banking77 method.r=16 optim.lr=3e-4 \\
+      trainer.max_epochs=2 seed=1
   python run.py experiment=lora_minilm_banking77 sweep=lora_rank_lr sweep.n_trials=20
 
 Environment: TUNELAB_DATA_DIR (data root holding banking77/, clinc150/, ...),

@@ -27,13 +27,16 @@ def encode_labels(data: DatasetDict, column: str, names: list[str]) -> DatasetDi
     index = {name: i for i, name in enumerate(names)}
     encoded = {}
     for split, ds in data.items():
-        is_ids = isinstance(ds.features[column], ClassLabel) or ds.features[column].dtype.startswith(
-            "int"
-        )
+        is_ids = isinstance(ds.features[column], ClassLabel) or ds.features[
+            column
+        ].dtype.startswith("int")
         values = ds[column]
         ids = [v if is_ids else index.get(str(v), -1) for v in values]
-        bad = [(row, v) for row, (v, i) in enumerate(zip(values, ids, strict=True))
-               if not 0 <= i < len(names)]
+        bad = [
+            (row, v)
+            for row, (v, i) in enumerate(zip(values, ids, strict=True))
+            if not 0 <= i < len(names)
+        ]
         if bad:
             row, value = bad[0]
             raise DataError(

@@ -38,10 +38,23 @@ class TextClassificationDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, *, name: str, root: str, path: str, text_column: str, label_column: str,
-        tokenizer: str, max_length: int, seed: int = 42, hub_id: str | None = None,
-        val_size: float = 0.1, test_size: float = 0.1, max_train_samples: int | None = None,
-        batch_size: int = 32, eval_batch_size: int = 128, num_workers: int = 0,
+        self,
+        *,
+        name: str,
+        root: str,
+        path: str,
+        text_column: str,
+        label_column: str,
+        tokenizer: str,
+        max_length: int,
+        seed: int = 42,
+        hub_id: str | None = None,
+        val_size: float = 0.1,
+        test_size: float = 0.1,
+        max_train_samples: int | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        num_workers: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -85,15 +98,23 @@ class TextClassificationDataModule(L.LightningDataModule):
         hp = self.hparams
         raw, names = self.load_raw()
         raw = DatasetDict({s: d for s, d in raw.items() if s in common.SPLIT_ALIASES})
-        common.check_columns(raw, [hp.text_column, hp.label_column], ["text_column", "label_column"])
-        raw = DatasetDict({s: d.select_columns([hp.text_column, hp.label_column]) for s, d in raw.items()})
+        common.check_columns(
+            raw, [hp.text_column, hp.label_column], ["text_column", "label_column"]
+        )
+        raw = DatasetDict(
+            {s: d.select_columns([hp.text_column, hp.label_column]) for s, d in raw.items()}
+        )
         common.check_not_empty(raw)
         self.labels = names or label_names(raw, hp.label_column)
         data = self._make_splits(encode_labels(raw, hp.label_column, self.labels))
         common.check_not_empty(data)
         self.splits = data.map(
-            lambda batch: self.tokenizer(batch[hp.text_column], truncation=True, max_length=hp.max_length),
-            batched=True, remove_columns=[hp.text_column], desc="tokenising",
+            lambda batch: self.tokenizer(
+                batch[hp.text_column], truncation=True, max_length=hp.max_length
+            ),
+            batched=True,
+            remove_columns=[hp.text_column],
+            desc="tokenising",
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -102,7 +123,9 @@ class TextClassificationDataModule(L.LightningDataModule):
         assert self.splits is not None, "call setup() first"
         size = self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size
         return DataLoader(
-            self.splits[split], batch_size=size, shuffle=shuffle,
+            self.splits[split],
+            batch_size=size,
+            shuffle=shuffle,
             collate_fn=DataCollatorWithPadding(self.tokenizer),
             num_workers=self.hparams.num_workers,
         )

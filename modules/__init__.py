@@ -1,0 +1,1 @@
+"""Fine-tuning methods: one LightningModule per method on the shared `FineTuneModule`."""

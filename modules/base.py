@@ -78,8 +78,14 @@ class FineTuneModule(L.LightningModule):
         outputs = self.model(**batch)
         loss = self.compute_loss(outputs, batch) if stage == "train" else outputs.loss
         size = batch["labels"].shape[0]
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, on_epoch=True,
-                 on_step=stage == "train")
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=True,
+            batch_size=size,
+            on_epoch=True,
+            on_step=stage == "train",
+        )
         if stage != "train":
             metrics = self.val_metrics if stage == "val" else self.test_metrics
             tasks.update_metrics(self.task, metrics, outputs.logits, batch)
@@ -107,23 +113,33 @@ class FineTuneModule(L.LightningModule):
         optim = self.hparams.optim
         trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         groups = [  # no weight decay on biases and norms
-            {"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": optim["weight_decay"]},
+            {
+                "params": [p for _, p in trainable if p.ndim >= 2],
+                "weight_decay": optim["weight_decay"],
+            },
             {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]))
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         name = "constant_with_warmup" if optim["scheduler"] == "constant" else optim["scheduler"]
         scheduler = get_scheduler(
-            name, optimizer, num_warmup_steps=int(optim["warmup_ratio"] * total),
+            name,
+            optimizer,
+            num_warmup_steps=int(optim["warmup_ratio"] * total),
             num_training_steps=total,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.saves_trainable_only:
             keep = {name for name, p in self.named_parameters() if p.requires_grad}
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+            checkpoint["state_dict"] = {
+                k: v for k, v in checkpoint["state_dict"].items() if k in keep
+            }
 
     def export(self, folder: str | Path) -> Path:
         """Save the fine-tuned model (PEFT: adapter + trained head) in Hugging Face format."""

@@ -1,0 +1,1 @@
+"""Optuna sweeps: search spaces (YAML) and the study runner."""

@@ -56,7 +56,9 @@ def _package_dir(package: str, sub: str = "") -> str:
     """Resolver `${package_dir:pkg,sub}`: a folder inside an installed package, found lazily."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"package '{package}' is not installed: pip install {package.replace('_', '-')}")
+        raise ValueError(
+            f"package '{package}' is not installed: pip install {package.replace('_', '-')}"
+        )
     return str(Path(next(iter(spec.submodule_search_locations))) / sub)
 
 
@@ -72,7 +74,9 @@ def _register_flat_groups() -> None:
 
     store = ConfigStore.instance()
     for path in sorted(GROUP_DIRS["experiment"].glob("*.yaml")):
-        store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
+        store.store(
+            group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_"
+        )
     for path in sorted(GROUP_DIRS["sweep"].glob("*.yaml")):
         store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="sweep")
 
@@ -112,7 +116,7 @@ def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
     if not isinstance(node, DictConfig):
         return [prefix] if prefix else []
     paths = [prefix] if prefix else []
-    for key in node.keys():
+    for key in node:
         paths += _leaf_paths(node._get_node(key), f"{prefix}.{key}" if prefix else str(key))
     return paths
 

@@ -54,15 +54,23 @@ def build_datamodule(resolved: dict[str, Any]) -> Any:
     data = dict(resolved["data"])
     cls = _locate(data.pop("_target_"))
     model = resolved["model"]
-    return cls(**data, tokenizer=model["name_or_path"], max_length=model["max_length"],
-               seed=resolved["seed"])
+    return cls(
+        **data,
+        tokenizer=model["name_or_path"],
+        max_length=model["max_length"],
+        seed=resolved["seed"],
+    )
 
 
 def build_module(resolved: dict[str, Any], labels: list[str] | None) -> Any:
     """Instantiate `method._target_`, the method's LightningModule."""
     cls = _locate(resolved["method"]["_target_"])
-    return cls(method=resolved["method"], model=resolved["model"], optim=resolved["optim"],
-               labels=labels or None)
+    return cls(
+        method=resolved["method"],
+        model=resolved["model"],
+        optim=resolved["optim"],
+        labels=labels or None,
+    )
 
 
 def build_trainer(resolved: dict[str, Any], run_dir: Path, logger: Any, callbacks: list) -> tuple:
@@ -75,19 +83,30 @@ def build_trainer(resolved: dict[str, Any], run_dir: Path, logger: Any, callback
 
     monitor, mode = MONITOR[resolved["model"]["task"]]
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", monitor=monitor, mode=mode, save_top_k=1,
-        filename="best-{epoch}-{step}", auto_insert_metric_name=False,
+        dirpath=run_dir / "checkpoints",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        filename="best-{epoch}-{step}",
+        auto_insert_metric_name=False,
     )
     all_callbacks = [checkpoint, FiniteLossGuard(), *callbacks]
     if resolved["trainer"]["enable_progress_bar"]:
         all_callbacks.append(RichProgressBar())
-    trainer = L.Trainer(**resolved["trainer"], logger=logger, callbacks=all_callbacks,
-                        default_root_dir=run_dir)
+    trainer = L.Trainer(
+        **resolved["trainer"], logger=logger, callbacks=all_callbacks, default_root_dir=run_dir
+    )
     return trainer, checkpoint
 
 
-def save_outputs(module: Any, datamodule: Any, resolved: dict, run_dir: Path,
-                 metrics: dict[str, float], logger: Any) -> None:
+def save_outputs(
+    module: Any,
+    datamodule: Any,
+    resolved: dict,
+    run_dir: Path,
+    metrics: dict[str, float],
+    logger: Any,
+) -> None:
     """Write config, label map, test metrics and the exported model; log them to MLflow."""
     files = {
         "config.yaml": OmegaConf.to_yaml(OmegaConf.create(resolved)),
@@ -108,12 +127,23 @@ def save_outputs(module: Any, datamodule: Any, resolved: dict, run_dir: Path,
 def _log_start(logger: Any, resolved: dict[str, Any], module: Any) -> None:
     trainable, total = module.parameter_counts
     logger.log_hyperparams(tracking.flatten(resolved))
-    logger.log_metrics({"params/trainable": trainable, "params/total": total,
-                        "params/trainable_pct": 100.0 * trainable / max(total, 1)}, step=0)
+    logger.log_metrics(
+        {
+            "params/trainable": trainable,
+            "params/total": total,
+            "params/trainable_pct": 100.0 * trainable / max(total, 1),
+        },
+        step=0,
+    )
 
 
-def run_experiment(cfg: DictConfig, run: RunConfig, *, callbacks: list | None = None,
-                   parent_run_id: str | None = None) -> RunResult:
+def run_experiment(
+    cfg: DictConfig,
+    run: RunConfig,
+    *,
+    callbacks: list | None = None,
+    parent_run_id: str | None = None,
+) -> RunResult:
     """Fit, validate each epoch, test with the best checkpoint, export and log one experiment.
 
     Args:
@@ -145,5 +175,13 @@ def run_experiment(cfg: DictConfig, run: RunConfig, *, callbacks: list | None = 
         raise
     logger.finalize("success")
     trainable, total = module.parameter_counts
-    return RunResult(metrics, logger.run_id, logger.experiment_id, run_dir, trainable, total,
-                     time.time() - started, best or "")
+    return RunResult(
+        metrics,
+        logger.run_id,
+        logger.experiment_id,
+        run_dir,
+        trainable,
+        total,
+        time.time() - started,
+        best or "",
+    )

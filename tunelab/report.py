@@ -22,8 +22,12 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-                 "alembic", "mlflow"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "alembic",
+        "mlflow",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -38,14 +42,19 @@ def print_summary(run: RunConfig, result) -> None:
     for key, value in sorted(result.metrics.items()):
         table.add_row(key, f"{value:.4f}")
     trainable, total = result.trainable_params, result.total_params
-    table.add_row("trainable / total params",
-                  f"{trainable:,} / {total:,} ({100 * trainable / max(total, 1):.2f}%)")
+    table.add_row(
+        "trainable / total params",
+        f"{trainable:,} / {total:,} ({100 * trainable / max(total, 1):.2f}%)",
+    )
     table.add_row("wall time", f"{result.wall_time_s:.0f} s")
     table.add_row("run folder", str(result.run_dir))
     table.add_row("MLflow run id", result.run_id)
     uri = run.logger.tracking_uri
-    table.add_row("MLflow UI", f"{ui_command(uri)}  ->  http://127.0.0.1:5000/#/experiments/"
-                  f"{result.experiment_id}/runs/{result.run_id}")
+    table.add_row(
+        "MLflow UI",
+        f"{ui_command(uri)}  ->  http://127.0.0.1:5000/#/experiments/"
+        f"{result.experiment_id}/runs/{result.run_id}",
+    )
     Console().print(table)
 
 

@@ -23,10 +23,15 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def git_commit() -> str:
     """The repository's HEAD commit (with `-dirty` when it has uncommitted changes)."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         return f"{sha}-dirty" if dirty else sha
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -56,12 +61,19 @@ def make_logger(resolved: dict[str, Any], parent_run_id: str | None = None) -> A
     if parent_run_id is not None:
         client = MlflowClient(cfg["tracking_uri"])
         parent = client.get_run(parent_run_id)
-        run = client.create_run(parent.info.experiment_id, run_name=resolved["name"],
-                                tags=tags | {"mlflow.parentRunId": parent_run_id})
+        run = client.create_run(
+            parent.info.experiment_id,
+            run_name=resolved["name"],
+            tags=tags | {"mlflow.parentRunId": parent_run_id},
+        )
         run_id = run.info.run_id
     return MLFlowLogger(
-        experiment_name=cfg["experiment_name"], tracking_uri=cfg["tracking_uri"],
-        run_name=resolved["name"], tags=tags, run_id=run_id, log_model=False,
+        experiment_name=cfg["experiment_name"],
+        tracking_uri=cfg["tracking_uri"],
+        run_name=resolved["name"],
+        tags=tags,
+        run_id=run_id,
+        log_model=False,
     )
 
 

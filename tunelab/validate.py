@@ -86,15 +86,14 @@ def validate(cfg: DictConfig, problems: list[str] | None = None) -> RunConfig:
     if raw is None:
         raise ConfigError(problems)
     run = _check(RunConfig, raw, "", problems)
-    method = _check_named("method", METHODS, raw.get("method"), problems)
+    _check_named("method", METHODS, raw.get("method"), problems)
     data = _check_named("data", DATASETS, raw.get("data"), problems)
     _check_paths(raw, problems)
-    if run is not None:
-        if data is not None and data.task != run.model.task:
-            problems.append(
-                f"data.name={data.name} feeds a {data.task} model but model.task={run.model.task}; "
-                "pick a matching model= or data="
-            )
+    if run is not None and data is not None and data.task != run.model.task:
+        problems.append(
+            f"data.name={data.name} feeds a {data.task} model but model.task={run.model.task}; "
+            "pick a matching model= or data="
+        )
     if problems:
         raise ConfigError(problems)
     return run
