@@ -39,10 +39,11 @@ def encode_labels(data: DatasetDict, column: str, names: list[str]) -> DatasetDi
         ]
         if bad:
             row, value = bad[0]
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
             raise DataError(
-                f"label {value!r} in row {row} of the {split} split is out of range: the label set "
-                f"has {len(names)} classes ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}) "
-                f"and {len(bad)} row(s) fall outside it. Fix the data, or its label list."
+                f"label {value!r} in row {row} of the {split} split is out of range: the label "
+                f"set has {len(names)} classes ({shown}) and {len(bad)} row(s) fall outside it. "
+                "Fix the data, or its label list."
             )
         ds = ds.remove_columns(column).add_column("labels", ids)
         encoded[split] = ds.cast_column("labels", ClassLabel(names=names))
