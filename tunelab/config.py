@@ -128,7 +128,8 @@ def _apply_values(cfg: DictConfig, overrides: list[Any], problems: list[str]) ->
         key = override.key_or_group
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        if not isinstance(node, DictConfig) or leaf not in node:
+        # keys(), not `in`: OmegaConf's `in` is False for a present key whose value is ??? (missing)
+        if not isinstance(node, DictConfig) or leaf not in node.keys():  # noqa: SIM118
             problems.append(f"{key}: unknown key{nearest(key, known)}")
             continue
         OmegaConf.update(cfg, key, override.value(), merge=False, force_add=True)

@@ -17,7 +17,7 @@ LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
 def _describe(error: dict[str, Any], prefix: str, schema: type[BaseModel]) -> str:
     """Turn one pydantic error into `key: problem (got value)` with a nearest-key hint."""
     loc = ".".join(str(part) for part in error["loc"])
-    key = f"{prefix}.{loc}" if prefix else loc
+    key = ".".join(part for part in (prefix, loc) if part)
     if error["type"] == "extra_forbidden":
         fields = [f.alias or name for name, f in schema.model_fields.items()]
         leaf = str(error["loc"][-1])
