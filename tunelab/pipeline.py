@@ -170,8 +170,11 @@ def run_experiment(
         metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
         save_outputs(module, datamodule, resolved, run_dir, metrics, logger)
         logger.log_metrics({"wall_time_s": time.time() - started})
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit(1)
+        logger.finalize("KILLED")
+        raise
     except BaseException:
-        logger.finalize("KILLED" if trainer.interrupted else "FAILED")
+        logger.finalize("FAILED")
         raise
     logger.finalize("success")
     trainable, total = module.parameter_counts

@@ -36,7 +36,7 @@ def print_summary(run: RunConfig, result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tunelab.tracking import ui_command
+    from tunelab.tracking import absolute_uri, ui_command
 
     table = Table(title=f"tunelab · {run.name}", show_header=False)
     for key, value in sorted(result.metrics.items()):
@@ -49,7 +49,7 @@ def print_summary(run: RunConfig, result) -> None:
     table.add_row("wall time", f"{result.wall_time_s:.0f} s")
     table.add_row("run folder", str(result.run_dir))
     table.add_row("MLflow run id", result.run_id)
-    uri = run.logger.tracking_uri
+    uri = absolute_uri(run.logger.tracking_uri)
     table.add_row(
         "MLflow UI",
         f"{ui_command(uri)}  ->  http://127.0.0.1:5000/#/experiments/"

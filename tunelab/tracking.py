@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from tunelab.config import REPO_ROOT
@@ -50,16 +51,25 @@ def run_tags(resolved: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def absolute_uri(uri: str) -> str:
+    """Make a relative `sqlite:///file.db` absolute (MLflow caches stores by URI string)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri.removeprefix(prefix)).resolve())
+    return uri
+
+
 def make_logger(resolved: dict[str, Any], parent_run_id: str | None = None) -> Any:
     """An `MLFlowLogger` for one run; a nested child of `parent_run_id` when given."""
     from lightning.pytorch.loggers import MLFlowLogger
     from mlflow import MlflowClient
 
     cfg = resolved["logger"]
+    uri = absolute_uri(cfg["tracking_uri"])
     tags = run_tags(resolved)
     run_id = None
     if parent_run_id is not None:
-        client = MlflowClient(cfg["tracking_uri"])
+        client = MlflowClient(uri)
         parent = client.get_run(parent_run_id)
         run = client.create_run(
             parent.info.experiment_id,
@@ -69,7 +79,7 @@ def make_logger(resolved: dict[str, Any], parent_run_id: str | None = None) -> A
         run_id = run.info.run_id
     return MLFlowLogger(
         experiment_name=cfg["experiment_name"],
-        tracking_uri=cfg["tracking_uri"],
+        tracking_uri=uri,
         run_name=resolved["name"],
         tags=tags,
         run_id=run_id,

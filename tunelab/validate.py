@@ -89,9 +89,10 @@ def validate(cfg: DictConfig, problems: list[str] | None = None) -> RunConfig:
     _check_named("method", METHODS, raw.get("method"), problems)
     data = _check_named("data", DATASETS, raw.get("data"), problems)
     _check_paths(raw, problems)
-    if run is not None and data is not None and data.task != run.model.task:
+    model_task = (raw.get("model") or {}).get("task")
+    if data is not None and model_task and data.task != model_task:
         problems.append(
-            f"data.name={data.name} feeds a {data.task} model but model.task={run.model.task}; "
+            f"data.name={data.name} feeds a {data.task} model but model.task={model_task}; "
             "pick a matching model= or data="
         )
     if problems:

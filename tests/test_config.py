@@ -1,0 +1,126 @@
+"""Config composition and validation: every recipe is valid, every bad input is named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import run as cli
+from tunelab.config import GROUP_DIRS, REPO_ROOT, ConfigError, available
+from tunelab.validate import load_config
+
+EXPERIMENTS = available("experiment")
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(name: str):
+    cfg, run = load_config([f"experiment={name}"])
+    assert run.name == cfg.name
+    first_line = (GROUP_DIRS["experiment"] / f"{name}.yaml").read_text().splitlines()[0]
+    assert first_line.startswith(f"# python run.py experiment={name}")
+
+
+def test_overrides_reach_every_group():
+    _, run = load_config(
+        [
+            "experiment=lora_minilm_banking77",
+            "method.r=16",
+            "optim.lr=3e-4",
+            "trainer.max_epochs=2",
+            "seed=1",
+            "data.val_size=200",
+        ]
+    )
+    assert run.method["r"] == 16 and run.optim.lr == 3e-4
+    assert run.trainer.max_epochs == 2 and run.seed == 1 and run.data["val_size"] == 200
+
+
+def test_mlflow_uri_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    _, run = load_config(["experiment=quickstart"])
+    assert run.logger.tracking_uri == "http://tracking.example:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    _, run = load_config(["experiment=quickstart"])
+    assert run.logger.tracking_uri == "sqlite:///mlflow.db"
+
+
+def test_data_root_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TUNELAB_DATA_DIR", "/srv/domain-data")
+    _, run = load_config(["experiment=quickstart"])
+    assert run.data["root"] == "/srv/domain-data"
+
+
+def problems_of(args: list[str]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(args)
+    return caught.value.problems
+
+
+def test_one_error_lists_every_problem_with_its_fix():
+    problems = problems_of(
+        [
+            "experiment=quickstart",
+            "method.rr=4",
+            "optim.lrr=1e-3",
+            "method.r=-1",
+            "method.dropout=abc",
+            "trainer.max_epochs=two",
+            "model.name_or_path=./no/such/folder",
+        ]
+    )
+    text = "\n".join(problems)
+    assert len(problems) == 6, text
+    assert "method.rr: unknown key (did you mean 'method.r'?)" in text
+    assert "optim.lrr: unknown key (did you mean 'optim.lr'?)" in text
+    assert "method.r: Input should be greater than 0 (got -1)" in text
+    assert "method.dropout:" in text and "'abc'" in text
+    assert "trainer.max_epochs:" in text and "'two'" in text
+    assert "model.name_or_path: local folder './no/such/folder' does not exist" in text
+
+
+def test_unknown_names_list_the_available_ones():
+    problems = problems_of(["experiment=quickstrat", "method=lorra", "data=bankin77"])
+    assert problems[0].startswith(
+        "experiment=quickstrat: unknown experiment (did you mean 'quickstart'?)"
+    )
+    assert "available: " + ", ".join(EXPERIMENTS) in problems[0]
+    assert "method=lorra: unknown method (did you mean 'lora'?)" in problems[1]
+    assert "data=bankin77: unknown data (did you mean 'banking77'?)" in problems[2]
+
+
+def test_added_key_outside_the_schema_is_rejected():
+    [problem] = problems_of(["experiment=quickstart", "+method.rank=4"])
+    assert problem == (
+        "method.rank: unknown key; valid keys: _target_, alpha, dropout, name, r, target_modules"
+    )
+
+
+def test_wrong_literal_and_task_mismatch():
+    problems = problems_of(
+        ["experiment=quickstart", "trainer.precision=bf17", "model.task=causal_lm"]
+    )
+    text = "\n".join(problems)
+    assert "trainer.precision:" in text and "'bf17'" in text
+    assert "feeds a sequence_classification model but model.task=causal_lm" in text
+
+
+def test_cli_reports_config_errors_without_traceback(capsys: pytest.CaptureFixture):
+    assert cli.main(["experiment=quickstart", "method.rr=4"]) == 2
+    err = capsys.readouterr().err
+    assert "method.rr: unknown key" in err and "Traceback" not in err
+
+
+def test_help_and_validation_import_nothing_heavy():
+    code = (
+        "import sys, run; run.main(['--help']);"
+        "from tunelab.validate import load_config; load_config(['experiment=quickstart']);"
+        "heavy = [m for m in ('torch', 'lightning', 'transformers', 'mlflow', 'peft') "
+        "if m in sys.modules]; print('HEAVY', heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "quickstart" in out and "lora_minilm_banking77" in out
+    assert out.strip().endswith("HEAVY []")
