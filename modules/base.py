@@ -38,7 +38,7 @@ class FineTuneModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.task = model["task"]
-        self.model = self.adapt(self.load_base())
+        self.model = self.adapt(tasks.prepare_base(self.load_base(), model))
         num_labels = len(labels or [])
         self.val_metrics = tasks.build_metrics(self.task, num_labels, "val")
         self.test_metrics = tasks.build_metrics(self.task, num_labels, "test")

@@ -11,6 +11,8 @@ is in neither the optimiser nor the checkpoint; only the student is exported.
 from __future__ import annotations
 
 import copy
+import glob
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,10 @@ from tunelab.errors import ModelLoadError
 
 
 def resolve_teacher(teacher: str, tracking_uri: str | None) -> Path:
-    """A local folder or `.ckpt` for `method.teacher`; `mlflow:<run_id>` downloads its `model`."""
+    """A local folder or `.ckpt` for `method.teacher` (a glob picks the newest match).
+
+    `mlflow:<run_id>` downloads that run's `model` artifact.
+    """
     if teacher.startswith("mlflow:"):
         from mlflow.artifacts import download_artifacts
 
@@ -42,10 +47,13 @@ def resolve_teacher(teacher: str, tracking_uri: str | None) -> Path:
                 f"method.teacher={teacher}: cannot download artifact 'model' of run {run_id} "
                 f"from {uri}: {str(err).splitlines()[0]}"
             ) from err
-    path = Path(teacher).expanduser()
-    if not path.exists():
-        raise ModelLoadError(f"method.teacher: '{teacher}' does not exist")
-    return path
+    matches = sorted(glob.glob(str(Path(teacher).expanduser())), key=os.path.getmtime)
+    if not matches:
+        raise ModelLoadError(
+            f"method.teacher: nothing at '{teacher}'; train a teacher first (e.g. "
+            "python run.py experiment=full_minilm_banking77) or set method.teacher"
+        )
+    return Path(matches[-1])  # a glob such as outputs/full_x/*/export: the newest run
 
 
 def load_teacher(path: Path, model_cfg: dict[str, Any], labels: list[str] | None) -> nn.Module:
@@ -129,7 +137,5 @@ class DistillFineTune(FineTuneModule):
         with torch.no_grad():
             teacher_logits = self.teacher(**batch).logits
         method = self.hparams.method
-        soft = distillation_loss(
-            outputs.logits, teacher_logits, batch["labels"], self.task, method
-        )
+        soft = distillation_loss(outputs.logits, teacher_logits, batch["labels"], self.task, method)
         return soft + (1 - method["alpha"]) * outputs.loss

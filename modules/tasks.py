@@ -60,6 +60,16 @@ def load_pretrained(
         ) from err
 
 
+def prepare_base(base: nn.Module, model_cfg: dict[str, Any]) -> nn.Module:
+    """Switch on gradient checkpointing (`model.gradient_checkpointing`) after loading.
+
+    Non-reentrant checkpointing works with frozen inputs (LoRA, QLoRA) without extra hooks.
+    """
+    if model_cfg.get("gradient_checkpointing"):
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return base
+
+
 def build_metrics(task: str, num_labels: int, stage: str) -> MetricCollection:
     """The torchmetrics collection logged at the end of each `stage` epoch (`val`, `test`)."""
     if task == "sequence_classification":

@@ -36,7 +36,7 @@ def test_run_logs_params_metrics_tags_and_artifacts(lora_run):
     client, run, run_dir = lora_run
     assert run.info.status == "FINISHED"
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
-    assert params["method.name"] == "lora" and params["method.r"] == "8"
+    assert params["method.name"] == "lora" and params["method.r"] == "16"
     assert params["optim.lr"] == "0.005" and params["data.path"] == "intents"
     for key in (
         "train/loss_epoch",

@@ -33,9 +33,9 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def make_run_dir(run: RunConfig) -> Path:
-    """`<output_root>/<name>/<timestamp>`, made unique."""
-    base = Path(run.output_root) / run.name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+def make_run_dir(run: RunConfig, base: Path | None = None) -> Path:
+    """`<output_root>/<name>/<timestamp>` (or `base` when given), made unique."""
+    base = base or Path(run.output_root) / run.name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     folder, n = base, 1
     while folder.exists():
         folder, n = base.with_name(f"{base.name}_{n}"), n + 1
@@ -73,6 +73,16 @@ def build_module(resolved: dict[str, Any], labels: list[str] | None) -> Any:
     )
 
 
+def task_callbacks(task: str) -> list:
+    """Callbacks a task always gets: for decoders, generation samples and the mask preview."""
+    if task != "causal_lm":
+        return []
+    from callbacks.generation import GenerationCallback
+    from callbacks.mask_preview import MaskPreviewCallback
+
+    return [GenerationCallback(), MaskPreviewCallback()]
+
+
 def build_trainer(resolved: dict[str, Any], run_dir: Path, logger: Any, callbacks: list) -> tuple:
     """The Lightning Trainer with checkpointing on the task's validation metric."""
     import lightning as L
@@ -90,7 +100,8 @@ def build_trainer(resolved: dict[str, Any], run_dir: Path, logger: Any, callback
         filename="best-{epoch}-{step}",
         auto_insert_metric_name=False,
     )
-    all_callbacks = [checkpoint, FiniteLossGuard(), *callbacks]
+    task = resolved["model"]["task"]
+    all_callbacks = [checkpoint, FiniteLossGuard(), *task_callbacks(task), *callbacks]
     if resolved["trainer"]["enable_progress_bar"]:
         all_callbacks.append(RichProgressBar())
     trainer = L.Trainer(
@@ -122,6 +133,20 @@ def save_outputs(
         datamodule.tokenizer.save_pretrained(folder)
         if resolved["logger"]["log_model"]:
             logger.experiment.log_artifacts(logger.run_id, str(folder), artifact_path="model")
+        if resolved["export"]["merge"]:
+            _save_merged(module, datamodule, resolved, folder, logger)
+
+
+def _save_merged(module: Any, datamodule: Any, resolved: dict, adapter: Path, logger: Any) -> None:
+    """`export.merge=true`: write (and log) base + adapter merged into plain weights."""
+    from modules.merge import export_merged
+
+    merged = export_merged(module, adapter, adapter.parent / "merged")
+    if merged is None:
+        return
+    datamodule.tokenizer.save_pretrained(merged)
+    if resolved["logger"]["log_model"]:
+        logger.experiment.log_artifacts(logger.run_id, str(merged), artifact_path="merged_model")
 
 
 def _log_start(logger: Any, resolved: dict[str, Any], module: Any) -> None:
@@ -143,6 +168,7 @@ def run_experiment(
     *,
     callbacks: list | None = None,
     parent_run_id: str | None = None,
+    run_dir: Path | None = None,
 ) -> RunResult:
     """Fit, validate each epoch, test with the best checkpoint, export and log one experiment.
 
@@ -151,13 +177,14 @@ def run_experiment(
         run: the same config, validated.
         callbacks: extra Lightning callbacks (e.g. a sweep's pruning callback).
         parent_run_id: log as a nested MLflow child run of this run (sweep trials).
+        run_dir: output folder (made unique); default `<output_root>/<name>/<timestamp>`.
     """
     import lightning as L
 
     started = time.time()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     L.seed_everything(run.seed, workers=True, verbose=False)
-    run_dir = make_run_dir(run)
+    run_dir = make_run_dir(run, run_dir)
     datamodule = build_datamodule(resolved)
     datamodule.setup("fit")
     module = build_module(resolved, datamodule.labels)

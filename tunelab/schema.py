@@ -45,9 +45,118 @@ class LoraMethod(Targeted):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
+class FreezeMethod(Targeted):
+    """Only the top `trainable_layers` layers (plus pooler/norm and head) train."""
+
+    name: Literal["freeze"]
+    trainable_layers: PositiveInt = 2
+
+
+class DoraMethod(Targeted):
+    """DoRA via peft: LoRA's fields, weight-decomposed update."""
+
+    name: Literal["dora"]
+    r: PositiveInt = 8
+    alpha: Annotated[float, Field(gt=0)] = 16
+    dropout: Probability = 0.0
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class IA3Method(Targeted):
+    """(IA)^3 via peft; null module lists use peft's defaults for the architecture."""
+
+    name: Literal["ia3"]
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _feedforward_subset(self) -> IA3Method:
+        extra = set(self.feedforward_modules or []) - set(self.target_modules or [])
+        if self.target_modules is not None and extra:
+            raise ValueError(f"feedforward_modules {sorted(extra)} are not in target_modules")
+        return self
+
+
+class AdapterMethod(Targeted):
+    """Houlsby bottleneck adapters after the listed linear layers."""
+
+    name: Literal["adapter"]
+    target_modules: list[str] = Field(min_length=1)
+    reduction_factor: PositiveInt = 16
+    bottleneck_size: PositiveInt | None = None
+    activation: Literal["relu", "gelu", "tanh", "silu"] = "gelu"
+    train_layer_norms: bool = True
+
+
+class PrefixMethod(Targeted):
+    """Prefix tuning via peft."""
+
+    name: Literal["prefix"]
+    num_virtual_tokens: PositiveInt = 20
+    projection: bool = False
+    encoder_hidden_size: PositiveInt = 384
+
+
+class PromptMethod(Targeted):
+    """Prompt tuning via peft (random or text-initialised soft prompt)."""
+
+    name: Literal["prompt"]
+    num_virtual_tokens: PositiveInt = 20
+    init_text: str | None = None
+
+
+class PTuningMethod(Targeted):
+    """P-tuning via peft (MLP prompt encoder)."""
+
+    name: Literal["ptuning"]
+    num_virtual_tokens: PositiveInt = 20
+    encoder_hidden_size: PositiveInt = 128
+
+
+class DistillMethod(Targeted):
+    """Knowledge distillation from `teacher` into a `student_layers`-layer copy of it."""
+
+    name: Literal["distill"]
+    teacher: str
+    tracking_uri: str | None = None
+    student_layers: PositiveInt = 3
+    temperature: Annotated[float, Field(gt=0)] = 2.0
+    alpha: Probability = 0.5
+
+    @model_validator(mode="after")
+    def _teacher_given(self) -> DistillMethod:
+        if self.teacher in ("", "???"):
+            raise ValueError(
+                "method.teacher is required: an export folder, a .ckpt or mlflow:<run_id>"
+            )
+        return self
+
+
+class QLoraMethod(Targeted):
+    """QLoRA: LoRA (peft) on a base quantised by bitsandbytes (4-bit nf4/fp4 or int8)."""
+
+    name: Literal["qlora"]
+    r: PositiveInt = 16
+    alpha: Annotated[float, Field(gt=0)] = 32
+    dropout: Probability = 0.05
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    quantize: Literal["nf4", "fp4", "int8"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
 METHODS: dict[str, type[Targeted]] = {
     "full": FullMethod,
     "lora": LoraMethod,
+    "freeze": FreezeMethod,
+    "dora": DoraMethod,
+    "ia3": IA3Method,
+    "adapter": AdapterMethod,
+    "prefix": PrefixMethod,
+    "prompt": PromptMethod,
+    "ptuning": PTuningMethod,
+    "distill": DistillMethod,
+    "qlora": QLoraMethod,
 }
 
 
@@ -80,9 +189,59 @@ class ClassificationData(Targeted):
         return self
 
 
+class InstructionData(Targeted):
+    """Instruction-tuning data for decoders: instruction [+ input] -> response."""
+
+    name: Literal["instruction", "medquad", "pubmedqa"]
+    root: str = "data"
+    path: str
+    hub_id: str | None = None
+    instruction_field: str = "instruction"
+    input_field: str | None = None
+    response_field: str = "response"
+    template: Literal["auto", "chat", "plain"] = "auto"
+    system_prompt: str | None = None
+    packing: bool = False
+    skip_long_prompts: bool = False
+    val_size: Annotated[float, Field(gt=0)] = 0.1
+    test_size: Annotated[float, Field(gt=0)] = 0.1
+    max_train_samples: PositiveInt | None = None
+    batch_size: PositiveInt = 8
+    eval_batch_size: PositiveInt = 16
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @property
+    def task(self) -> str:
+        """The model task this data feeds."""
+        return "causal_lm"
+
+    @model_validator(mode="after")
+    def _path_given(self) -> InstructionData:
+        if self.path in ("", "???"):
+            raise ValueError("data.path is required: a local file/folder or a hub id")
+        return self
+
+
+class MedQuadData(InstructionData):
+    """MedQuAD XML collections, split by document."""
+
+    name: Literal["medquad"]
+    folders: list[str] = Field(default=["5_NIDDK_QA", "6_NINDS_QA"], min_length=1)
+
+
+class PubMedQAData(InstructionData):
+    """PubMedQA PQA-L: question + contexts -> long answer (+ decision)."""
+
+    name: Literal["pubmedqa"]
+    append_decision: bool = True
+
+
 DATASETS: dict[str, type[Targeted]] = {
     "banking77": ClassificationData,
     "text_classification": ClassificationData,
+    "instruction": InstructionData,
+    "medquad": MedQuadData,
+    "pubmedqa": PubMedQAData,
 }
 
 
@@ -94,6 +253,7 @@ class ModelConfig(Strict):
     task: Literal["sequence_classification", "causal_lm"]
     max_length: PositiveInt = 128
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    gradient_checkpointing: bool = False
 
 
 class OptimConfig(Strict):

@@ -95,6 +95,10 @@ def validate(cfg: DictConfig, problems: list[str] | None = None) -> RunConfig:
             f"data.name={data.name} feeds a {data.task} model but model.task={model_task}; "
             "pick a matching model= or data="
         )
+    if raw.get("sweep") is not None:  # search space: checked against this config, no trial run
+        from sweeps.space import check_sweep
+
+        check_sweep(cfg, raw["sweep"], problems)
     if problems:
         raise ConfigError(problems)
     return run

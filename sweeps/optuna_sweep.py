@@ -1,0 +1,231 @@
+"""Run an Optuna study over a search space: seeded TPE, pruning at every validation, resumable.
+
+    python run.py experiment=lora_minilm_banking77 sweep=lora_rank_lr sweep.n_trials=20
+
+Optuna is driven directly (no Hydra sweeper plugin). Each trial is one `run_experiment` in its
+own folder `<output_root>/<name>/<study_name>/trial_<n>`, logged as a nested MLflow child of one
+parent run per study. The study lives in an Optuna RDB storage (default `sqlite:///optuna.db`);
+the same `sweep.study_name` resumes it and several workers may run the same command at once.
+`sweep.n_trials` is the study's total of complete, pruned and failed trials over all workers.
+"""
+
+from __future__ import annotations
+
+import gc
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+from typing_extensions import override
+
+from sweeps import report
+from sweeps.space import SweepConfig, apply, suggest
+from tunelab.errors import TunelabError
+from tunelab.schema import RunConfig
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class SweepInterrupted(TunelabError):
+    """Ctrl-C during a sweep: the study and MLflow runs were saved; rerun to resume."""
+
+
+class TrialRecorder(L.Callback):
+    """Tracks one trial: its MLflow child run, best validation value and training steps."""
+
+    def __init__(self, trial: optuna.Trial, study_name: str, metric: str, direction: str):
+        self.trial, self.study_name, self.metric = trial, study_name, metric
+        self.sign = 1.0 if direction == "maximize" else -1.0
+        self.best: float | None = None
+        self.steps = 0
+        self.run_id: str | None = None
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.run_id = trainer.logger.run_id
+        self.trial.set_user_attr("mlflow_run_id", self.run_id)
+        trainer.logger.experiment.set_tag(self.run_id, "mlflow.runName", f"trial_{self.number}")
+        for key, value in self.tags("running").items():
+            trainer.logger.experiment.set_tag(self.run_id, key, value)
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.steps = trainer.global_step
+        value = trainer.callback_metrics.get(self.metric)
+        if trainer.sanity_checking or value is None:
+            return
+        if self.best is None or self.sign * (float(value) - self.best) > 0:
+            self.best = float(value)
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.steps = trainer.global_step
+
+    @property
+    def number(self) -> int:
+        """The Optuna trial number."""
+        return self.trial.number
+
+    def tags(self, state: str) -> dict[str, str]:
+        """Tags of the trial's child run."""
+        return {"sweep": self.study_name, "trial": str(self.number), "state": state}
+
+
+def make_storage(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage shared safely by several workers (heartbeats retry dead workers' trials)."""
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    sqlite = url.startswith("sqlite")
+    return RDBStorage(
+        url,
+        engine_kwargs={"connect_args": {"timeout": 120}} if sqlite else {"pool_pre_ping": True},
+        heartbeat_interval=60,
+        grace_period=180,
+        failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+    )
+
+
+def make_sampler(space: SweepConfig, offset: int) -> optuna.samplers.BaseSampler:
+    """Seeded TPE (default) or random search; `offset` decorrelates resumed runs and workers."""
+    seed = None if space.seed is None else space.seed + offset
+    if space.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.n_startup_trials)
+
+
+def make_pruner(space: SweepConfig, max_epochs: int) -> optuna.pruners.BasePruner:
+    """Median or Hyperband pruning over epochs (one report per validation), or none."""
+    if space.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=space.pruner_startup_trials, n_warmup_steps=space.n_warmup_steps
+        )
+    if space.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=space.min_resource,
+            max_resource=max_epochs if max_epochs > 0 else "auto",
+            reduction_factor=space.reduction_factor,
+        )
+    return optuna.pruners.NopPruner()
+
+
+def load_study(space: SweepConfig, run: RunConfig) -> optuna.Study:
+    """Create the study, or load it when `study_name` already exists in the storage."""
+    study = optuna.create_study(
+        study_name=space.study_name or run.name,
+        storage=make_storage(space.storage),
+        direction=space.direction,
+        pruner=make_pruner(space, run.trainer.max_epochs),
+        load_if_exists=True,
+    )
+    study.sampler = make_sampler(space, len(study.trials))
+    for values in space.enqueue:  # points already tried (by any worker) are not queued again
+        study.enqueue_trial(values, skip_if_exists=True)
+    return study
+
+
+class Objective:
+    """One trial: sample values, validate, run the experiment, record the outcome."""
+
+    def __init__(self, cfg: DictConfig, run: RunConfig, space: SweepConfig, parent_id: str):
+        self.cfg, self.run, self.space, self.parent_id = cfg, run, space, parent_id
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        """Train one trial; its value is the best `sweep.metric` seen at any validation."""
+        recorder = TrialRecorder(
+            trial, trial.study.study_name, self.space.metric, self.space.direction
+        )
+        try:
+            result = self._train(trial, recorder)
+        except optuna.TrialPruned:
+            self._close(recorder, "pruned", "KILLED")
+            raise
+        except (KeyboardInterrupt, SystemExit) as err:  # Lightning turns Ctrl-C into SystemExit
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT
+            self._close(recorder, "failed", "KILLED", "interrupted (Ctrl-C)")
+            raise KeyboardInterrupt from err
+        except Exception as err:  # OOM, NaN loss, impossible combination: FAIL, study goes on
+            self._close(recorder, "failed", "FAILED", f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            gc.collect()  # the trial's model, trainer and data are unreachable by now
+        trial.set_user_attr("run_dir", str(result.run_dir))
+        trial.set_user_attr("test_metrics", result.metrics)  # recorded, never optimised
+        self._close(recorder, "complete", None)
+        return recorder.best
+
+    def _train(self, trial: optuna.Trial, recorder: TrialRecorder) -> Any:
+        """Sample, validate and run the trial's experiment in its own folder."""
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        from tunelab.pipeline import run_experiment
+        from tunelab.validate import validate
+
+        trial_cfg = apply(self.cfg, suggest(trial, self.space, self.cfg))
+        run = validate(trial_cfg)
+        folder = Path(run.output_root) / self.run.name / trial.study.study_name
+        result = run_experiment(
+            trial_cfg,
+            run,
+            callbacks=[recorder, PyTorchLightningPruningCallback(trial, self.space.metric)],
+            parent_run_id=self.parent_id,
+            run_dir=folder / f"trial_{trial.number}",
+        )
+        if recorder.best is None:
+            raise TunelabError(f"sweep.metric {self.space.metric} was never logged at validation")
+        return result
+
+    def _close(
+        self, recorder: TrialRecorder, state: str, status: str | None, reason: str = ""
+    ) -> None:
+        """Record the outcome on the trial (user attrs) and its MLflow child run (tags, status)."""
+        trial = recorder.trial
+        trial.set_user_attr("train_steps", recorder.steps)
+        tags = recorder.tags(state) | ({"fail_reason": reason[:4000]} if reason else {})
+        if reason:
+            trial.set_user_attr("fail_reason", reason)
+        report.tag_child(self.run, self.parent_id, recorder.run_id, trial, tags, status)
+
+
+def _remaining(study: optuna.Study, space: SweepConfig) -> int:
+    return space.n_trials - len(study.get_trials(deepcopy=False, states=COUNTED))
+
+
+def run_sweep(cfg: DictConfig, run: RunConfig) -> optuna.Study:
+    """Run (or resume) the study of `cfg.sweep` on the experiment `cfg`; summarise it in MLflow.
+
+    Raises:
+        SweepInterrupted: on Ctrl-C, after the study and the MLflow runs were saved.
+    """
+    from optuna.study import MaxTrialsCallback
+
+    from tunelab.report import quiet_libraries
+
+    quiet_libraries()
+    space = SweepConfig.model_validate(run.sweep)
+    study = load_study(space, run)
+    parent_id = report.open_parent(study, space, cfg, run)
+    try:
+        if _remaining(study, space) > 0:
+            study.optimize(
+                Objective(cfg, run, space, parent_id),
+                n_trials=_remaining(study, space),
+                timeout=space.timeout,
+                catch=(Exception,),
+                callbacks=[MaxTrialsCallback(space.n_trials, states=COUNTED)],
+            )
+    except KeyboardInterrupt:
+        report.close_parent(study, space, cfg, run, parent_id, "KILLED")
+        raise SweepInterrupted(
+            f"sweep interrupted; study '{study.study_name}' is saved in {space.storage}: "
+            "rerun the same command to resume"
+        ) from None
+    except BaseException:
+        report.close_parent(study, space, cfg, run, parent_id, "FAILED")
+        raise
+    report.close_parent(study, space, cfg, run, parent_id, "FINISHED")
+    report.print_summary(study, space, run, parent_id)
+    return study

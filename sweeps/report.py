@@ -1,0 +1,219 @@
+"""A study in MLflow: a parent run, tagged child runs, Optuna's plots, the best trial as recipe."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from mlflow import MlflowClient
+from mlflow.entities import Param
+from omegaconf import DictConfig, OmegaConf
+
+from sweeps.space import SweepConfig, apply
+from tunelab.config import available
+from tunelab.schema import RunConfig
+from tunelab.tracking import absolute_uri, flatten, run_tags
+
+PLOTS = ("plot_optimization_history", "plot_param_importances", "plot_parallel_coordinate")
+
+
+def _client(run: RunConfig) -> MlflowClient:
+    return MlflowClient(absolute_uri(run.logger.tracking_uri))
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password."""
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state, e.g. `{"complete": 3, "pruned": 1}`."""
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        state = trial.state.name.lower()
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def _space_params(space: SweepConfig, study_name: str) -> dict[str, str]:
+    """The parent run's params: sampler, pruner, objective and the search space."""
+    flat = flatten(space.model_dump(exclude={"params", "enqueue"}))
+    flat |= {f"params.{k}": json.dumps(v.model_dump()) for k, v in space.params.items()}
+    flat |= {"storage": redact(space.storage), "study_name": study_name}
+    return {f"sweep.{k}": str(v)[:6000] for k, v in flat.items()}
+
+
+def _exists(client: MlflowClient, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:  # e.g. the study outlived its MLflow store
+        return False
+
+
+def open_parent(study: optuna.Study, space: SweepConfig, cfg: DictConfig, run: RunConfig) -> str:
+    """The study's parent run: reopened when the study resumes, else created with its params."""
+    client = _client(run)
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    if parent_id and _exists(client, parent_id):  # resumed (or another worker's) study
+        client.update_run(parent_id, status="RUNNING")
+        return parent_id
+    resolved = OmegaConf.to_container(apply(cfg, {}), resolve=True)
+    experiment = client.get_experiment_by_name(run.logger.experiment_name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(run.logger.experiment_name)
+    )
+    name = f"sweep_{study.study_name}"
+    tags = run_tags(resolved) | {"sweep": study.study_name, "sweep.role": "parent"}
+    parent_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    params = [Param(k, v) for k, v in _space_params(space, study.study_name).items()]
+    client.log_batch(parent_id, params=params)
+    client.log_text(parent_id, OmegaConf.to_yaml(apply(cfg, {})), "base_config.yaml")
+    study.set_user_attr("mlflow_parent_run_id", parent_id)
+    return parent_id
+
+
+def tag_child(
+    run: RunConfig,
+    parent_id: str,
+    child_id: str | None,
+    trial: optuna.Trial,
+    tags: dict[str, str],
+    status: str | None,
+) -> None:
+    """Tag a trial's child run (created here when the trial failed before training began)."""
+    client = _client(run)
+    if child_id is None:
+        experiment_id = client.get_run(parent_id).info.experiment_id
+        child_id = client.create_run(
+            experiment_id, run_name=f"trial_{trial.number}", tags={"mlflow.parentRunId": parent_id}
+        ).info.run_id
+        params = [Param(k, str(v)) for k, v in trial.params.items()]
+        client.log_batch(child_id, params=params)
+        trial.set_user_attr("mlflow_run_id", child_id)
+    for key, value in tags.items():
+        client.set_tag(child_id, key, value)
+    if status is not None:
+        client.set_terminated(child_id, status)
+
+
+def save_plots(study: optuna.Study, folder: Path) -> list[Path]:
+    """Optuna's matplotlib plots as PNGs; a plot that needs more trials is skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    saved = []
+    for name in PLOTS:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = getattr(plots, name)(study)
+        except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. importances need 2 trials
+            continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        figure.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        saved.append(folder / f"{name}.png")
+    return saved
+
+
+def write_best_experiment(
+    study: optuna.Study, space: SweepConfig, cfg: DictConfig, run: RunConfig
+) -> Path:
+    """`<best_experiment_dir>/<name>_best.yaml`: the best trial as a ready recipe."""
+    best = study.best_trial
+    trial_cfg = apply(cfg, best.params)
+    del trial_cfg["sweep"]
+    name = f"{run.name}_best"
+    trial_cfg.name = name
+    defaults = [
+        {f"override /{group}": str(trial_cfg[group].name)}
+        for group in ("method", "data")
+        if str(trial_cfg[group].name) in available(group)
+    ]
+    body = OmegaConf.create({"defaults": defaults} | OmegaConf.to_container(trial_cfg))
+    shown = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items()
+    )
+    header = (
+        f"# python run.py experiment={name}\n"
+        f"# Best of sweep '{study.study_name}' (trial {best.number}): "
+        f"{space.metric}={best.value:.4f} with {shown}\n"
+    )
+    path = Path(space.best_experiment_dir) / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + OmegaConf.to_yaml(body))
+    return path
+
+
+def _log_best(client: MlflowClient, parent_id: str, study: optuna.Study, folder: Path) -> None:
+    best = study.best_trial
+    metrics = {"best/value": best.value, "best/trial": best.number}
+    metrics |= {f"best/{k}": v for k, v in best.params.items() if isinstance(v, int | float)}
+    test = best.user_attrs.get("test_metrics") or {}
+    metrics |= {f"best/{k}": v for k, v in test.items()}  # recorded only; selection uses val
+    for key, value in metrics.items():
+        client.log_metric(parent_id, key, float(value), step=len(study.trials))
+    client.set_tag(parent_id, "best.params", json.dumps(best.params))
+    client.set_tag(parent_id, "best.trial", str(best.number))
+    (folder / "best_params.json").write_text(json.dumps(best.params, indent=2))
+
+
+def close_parent(
+    study: optuna.Study,
+    space: SweepConfig,
+    cfg: DictConfig,
+    run: RunConfig,
+    parent_id: str,
+    status: str,
+) -> Path | None:
+    """Log counts, best value/params, plots, trials table and best recipe; end the parent run."""
+    client = _client(run)
+    for state, count in trial_counts(study).items():
+        client.log_metric(parent_id, f"trials/{state}", count, step=len(study.trials))
+    best_file = None
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            _log_best(client, parent_id, study, folder)
+            best_file = write_best_experiment(study, space, cfg, run)
+            client.log_artifact(parent_id, str(best_file))
+        save_plots(study, folder)
+        study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
+        client.log_artifacts(parent_id, tmp)
+    client.set_terminated(parent_id, status)
+    return best_file
+
+
+def print_summary(study: optuna.Study, space: SweepConfig, run: RunConfig, parent_id: str) -> None:
+    """A short table: trials by state, best value and params, where everything went."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"tunelab sweep · {study.study_name}", show_header=False)
+    table.add_row("trials", json.dumps(trial_counts(study)))
+    if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        best = study.best_trial
+        table.add_row(f"best {space.metric}", f"{best.value:.4f} (trial {best.number})")
+        table.add_row("best params", json.dumps(best.params))
+        table.add_row("best recipe", str(Path(space.best_experiment_dir) / f"{run.name}_best.yaml"))
+    table.add_row("storage", redact(space.storage))
+    table.add_row("MLflow parent run", parent_id)
+    Console().print(table)
+
+
+def child_runs(client: MlflowClient, parent_id: str) -> list[Any]:
+    """The trial runs nested under a sweep's parent run."""
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")

@@ -1,0 +1,245 @@
+"""Search spaces: the `sweep` config group's schema, its checks, and sampling one trial's config.
+
+A search space maps config paths to distributions:
+
+    params:
+      method.r: {type: int, low: 4, high: 32, step: 4}
+      optim.lr: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}
+      method: {type: categorical, choices: [lora, qlora]}   # a config group: swap its option
+
+A key naming a config group (`method`, `data`, `model`, ...) picks one of the group's options for
+each trial; paths that exist only under some options (e.g. `method.quantize` under `qlora`) are
+sampled only when the trial's config has them (Optuna's define-by-run conditional space).
+Everything is checked before the first trial: unknown paths (with a nearest-key hint), malformed
+distributions, and every probe value (low, high, each choice) against the full run schema.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Annotated, Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
+
+from tunelab.config import GROUP_DIRS, ConfigError, _leaf_paths, available, nearest
+from tunelab.schema import PositiveInt, Strict
+
+SWAPPABLE_GROUPS = ("method", "data", "model", "optim", "trainer", "logger", "export")
+
+
+class IntDistribution(Strict):
+    """Integers in [low, high] on a `step` grid (optionally log-spaced)."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    step: PositiveInt = 1
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> IntDistribution:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and (self.low < 1 or self.step != 1):
+            raise ValueError("log: true needs low >= 1 and step 1")
+        return self
+
+
+class FloatDistribution(Strict):
+    """Floats in [low, high]; `log: true` samples the exponent uniformly."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    step: Annotated[float, Field(gt=0)] | None = None
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FloatDistribution:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log: true needs low > 0 and no step")
+        return self
+
+
+class CategoricalDistribution(Strict):
+    """One of a list of values (or, for a config group key, of the group's options)."""
+
+    type: Literal["categorical"]
+    choices: list[bool | int | float | str | None] = Field(min_length=1)
+
+
+Distribution = Annotated[
+    IntDistribution | FloatDistribution | CategoricalDistribution, Field(discriminator="type")
+]
+
+
+class SweepConfig(Strict):
+    """The `sweep` group: what to search, how to sample and prune, where the study lives."""
+
+    n_trials: PositiveInt = 20
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    study_name: str | None = None
+    storage: str = "sqlite:///optuna.db"
+    sampler: Literal["tpe", "random"] = "tpe"
+    n_startup_trials: Annotated[int, Field(ge=0)] = 5
+    seed: Annotated[int, Field(ge=0)] | None = 42
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner_startup_trials: Annotated[int, Field(ge=0)] = 2
+    n_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    min_resource: PositiveInt = 1
+    reduction_factor: Annotated[int, Field(ge=2)] = 3
+    metric: str = Field(default="val/acc", pattern=r"^val/")
+    direction: Literal["maximize", "minimize"] = "maximize"
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)
+    best_experiment_dir: str = "experiments"
+    params: dict[str, Distribution] = Field(min_length=1)
+
+
+def has_path(cfg: DictConfig, path: str) -> bool:
+    """Whether the dotted `path` names an existing key of `cfg`."""
+    parent, _, leaf = path.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node.keys()  # noqa: SIM118
+
+
+def swap_group(cfg: DictConfig, group: str, option: str) -> None:
+    """Replace `cfg[group]` by the group's `option`, keeping values of keys both share."""
+    new = OmegaConf.load(GROUP_DIRS[group] / f"{option}.yaml")
+    old = cfg[group]
+    for key in new:
+        if key not in ("_target_", "name") and key in old.keys():  # noqa: SIM118
+            new[key] = old._get_node(key)
+    cfg[group] = new
+
+
+def apply(cfg: DictConfig, values: dict[str, Any]) -> DictConfig:
+    """A copy of `cfg` with group options swapped and values set (its `sweep` removed)."""
+    out = copy.deepcopy(cfg)
+    OmegaConf.set_struct(out, False)
+    out.sweep = None
+    for path, value in values.items():
+        if path in SWAPPABLE_GROUPS:
+            swap_group(out, path, str(value))
+        else:
+            OmegaConf.update(out, path, value, merge=False, force_add=True)
+    return out
+
+
+def suggest(trial: Any, space: SweepConfig, cfg: DictConfig) -> dict[str, Any]:
+    """Sample one trial's values: group options first, then paths present in that config."""
+    groups = {p: d for p, d in space.params.items() if p in SWAPPABLE_GROUPS}
+    values = {p: trial.suggest_categorical(p, d.choices) for p, d in groups.items()}
+    base = apply(cfg, values)
+    for path, dist in space.params.items():
+        if path in groups or not has_path(base, path):
+            continue
+        if isinstance(dist, CategoricalDistribution):
+            values[path] = trial.suggest_categorical(path, dist.choices)
+        elif isinstance(dist, IntDistribution):
+            values[path] = trial.suggest_int(
+                path, dist.low, dist.high, step=dist.step, log=dist.log
+            )
+        else:
+            values[path] = trial.suggest_float(
+                path, dist.low, dist.high, step=dist.step, log=dist.log
+            )
+    return values
+
+
+def _probes(dist: Any) -> list[Any]:
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    return [dist.low, dist.high]
+
+
+def _variants(cfg: DictConfig, space: SweepConfig, problems: list[str]) -> list[DictConfig]:
+    """The base config plus one config per option of each swapped group."""
+    variants = [apply(cfg, {})]
+    for path, dist in space.params.items():
+        if path not in SWAPPABLE_GROUPS:
+            continue
+        if not isinstance(dist, CategoricalDistribution):
+            problems.append(f"sweep.params.{path}: a config group takes type: categorical")
+            continue
+        for option in dist.choices:
+            if str(option) not in available(path):
+                names = available(path)
+                problems.append(
+                    f"sweep.params.{path}: unknown {path} '{option}'"
+                    f"{nearest(str(option), names)}; available: {', '.join(names)}"
+                )
+            else:
+                variants.append(apply(cfg, {path: option}))
+    return variants
+
+
+def _check_values(variants: list[DictConfig], space: SweepConfig, problems: list[str]) -> None:
+    """Each probe value of each path, set in each config that has the path, must validate."""
+    from tunelab.validate import validate
+
+    known = sorted({p for v in variants for p in _leaf_paths(v)})
+    for path, dist in space.params.items():
+        if path in SWAPPABLE_GROUPS:
+            continue
+        targets = [v for v in variants if has_path(v, path)]
+        if not targets:
+            problems.append(f"sweep.params.{path}: unknown config path{nearest(path, known)}")
+        for value in _probes(dist) if targets else []:
+            for variant in targets:
+                try:
+                    validate(apply(variant, {path: value}))
+                except ConfigError as err:
+                    problems += [f"sweep.params.{path}={value!r}: {p}" for p in err.problems]
+                    break
+
+
+def _check_params(raw: Any, problems: list[str]) -> dict[str, Any]:
+    """Validate each `sweep.params` entry on its own, so every malformed one is named."""
+    adapter, good = TypeAdapter(Distribution), {}
+    for path, entry in (raw or {}).items() if isinstance(raw, dict) else ():
+        try:
+            good[path] = adapter.validate_python(entry)
+        except ValidationError as err:
+            for error in err.errors():
+                loc = ".".join(str(part) for part in error["loc"][1:])  # [0] is the type tag
+                got = "" if isinstance(error.get("input"), dict) else f" (got {error['input']!r})"
+                problems.append(
+                    f"sweep.params.{path}{'.' if loc else ''}{loc}: {error['msg']}{got}"
+                )
+    return good
+
+
+def check_sweep(cfg: DictConfig, raw: dict[str, Any], problems: list[str]) -> SweepConfig | None:
+    """Validate the `sweep` group against its schema and the composed config.
+
+    Args:
+        cfg: the composed run config (the sweep's base).
+        raw: the resolved `sweep` node.
+        problems: problems are appended here, each naming its `sweep.` entry.
+
+    Returns:
+        The typed search space, or None when it has problems.
+    """
+    from tunelab.validate import _check
+
+    base_ok, before = not problems, len(problems)
+    params = _check_params(raw.get("params"), problems)
+    space = _check(SweepConfig, {**raw, "params": params or raw.get("params")}, "sweep", problems)
+    if space is None:
+        return None
+    variants = _variants(cfg, space, problems)
+    if base_ok:  # probing a broken base would only repeat its problems
+        _check_values(variants, space, problems)
+    if space.pruner != "none" and cfg.trainer.val_check_interval != 1.0:
+        problems.append(
+            "trainer.val_check_interval: pruning reports once per epoch (optuna-integration's "
+            "Lightning callback); keep 1.0 and shorten epochs with trainer.limit_train_batches"
+        )
+    for n, entry in enumerate(space.enqueue):
+        unknown = sorted(set(entry) - set(space.params))
+        if unknown:
+            problems.append(f"sweep.enqueue[{n}]: {unknown} not in sweep.params")
+    return space if len(problems) == before else None

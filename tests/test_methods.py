@@ -1,0 +1,370 @@
+"""Every fine-tuning method on the tiny BERT: what trains, that it learns, that it reloads.
+
+Each method trains once through the real pipeline (`run_experiment`: fit, test the best
+checkpoint, export, MLflow); the tests then check the trainable-parameter count against a count
+computed here from the base model's shapes, that frozen weights are bit-identical after training,
+and that the checkpoint and the export both reload to identical outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import INTENTS, tiny_overrides
+from lightning.pytorch.callbacks import Callback
+from mlflow import MlflowClient
+from torch import nn
+
+from tunelab.config import ConfigError
+from tunelab.validate import load_config
+
+METHODS = ["full", "freeze", "lora", "dora", "ia3", "adapter", "prefix", "prompt", "ptuning"]
+LABELS = sorted(INTENTS)
+TEXTS = ["i lost my card please", "exchange rate for euro now", "refund status today"]
+TOKENS = 4  # virtual tokens of the prompt-based methods
+EXTRA = {
+    "freeze": ["method.trainable_layers=1"],
+    "prefix": [f"method.num_virtual_tokens={TOKENS}"],
+    "prompt": [f"method.num_virtual_tokens={TOKENS}"],
+    "ptuning": [f"method.num_virtual_tokens={TOKENS}", "method.encoder_hidden_size=16"],
+    "distill": ["method.student_layers=1"],
+}
+LR = {"full": 1e-3, "freeze": 1e-3, "distill": 1e-3}  # peft-style methods: 1e-2
+
+
+def compose(method: str, tiny_bert: Path, intent_data: Path, *extra: str):
+    args = [f"method={method}", *tiny_overrides(tiny_bert, intent_data), *EXTRA.get(method, [])]
+    args += [f"optim.lr={LR.get(method, 1e-2)}", "trainer.max_epochs=1", *extra]
+    return load_config(args)
+
+
+class Snapshot(Callback):
+    """Keep the module being trained and a copy of its weights before training."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.module = pl_module
+        self.before = {n: p.detach().clone() for n, p in pl_module.model.named_parameters()}
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, tiny_bert: Path) -> Path:
+    """A 2-layer classifier with the intents' labels, saved as a full export folder."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("teacher")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_bert, num_labels=4, id2label=dict(enumerate(LABELS))
+    )
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert: Path, intent_data: Path, teacher: Path):
+    """`trained(method)` -> (RunResult, Snapshot): one pipeline run per method, cached."""
+    from tunelab.pipeline import run_experiment
+
+    folder, cache = tmp_path_factory.mktemp("methods"), {}
+
+    def train(method: str):
+        if method not in cache:
+            extra = [f"method.teacher={teacher}"] if method == "distill" else []
+            with pytest.MonkeyPatch.context() as patch:
+                patch.chdir(folder)
+                patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+                cfg, run = compose(method, tiny_bert, intent_data, *extra)
+                snapshot = Snapshot()
+                cache[method] = run_experiment(cfg, run, callbacks=[snapshot]), snapshot
+        return cache[method]
+
+    train.folder = folder
+    return train
+
+
+def build(method: str, tiny_bert: Path, intent_data: Path, teacher: Path):
+    from omegaconf import OmegaConf
+
+    from tunelab.pipeline import build_module
+
+    extra = [f"method.teacher={teacher}"] if method == "distill" else []
+    cfg, _ = compose(method, tiny_bert, intent_data, *extra)
+    return build_module(OmegaConf.to_container(cfg, resolve=True), LABELS)
+
+
+def fixed_batch(tiny_bert: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoTokenizer
+
+    batch = dict(AutoTokenizer.from_pretrained(tiny_bert)(TEXTS, padding=True, return_tensors="pt"))
+    batch.pop("token_type_ids")
+    return batch | {"labels": torch.tensor([0, 1, 2])}
+
+
+def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(**batch).logits
+
+
+# ----------------------------------------------------------------------------- expected counts
+def size(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def linears(model: nn.Module, suffixes: list[str]) -> list[nn.Linear]:
+    return [
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and any(f".{n}".endswith(f".{s}") for s in suffixes)
+    ]
+
+
+def expected_trainable(method: str, base: nn.Module) -> int:
+    """What each method should train, from the base model's shapes (hidden 32, 2 layers)."""
+    cfg, layers = base.config, base.bert.encoder.layer
+    hidden, head = cfg.hidden_size, size(base.classifier)
+    if method == "full":
+        return size(base)
+    if method == "freeze":  # top layer + pooler + head
+        return size(layers[1]) + size(base.bert.pooler) + head
+    if method in ("lora", "dora"):  # r=8 on query, key, value, every dense (pooler too)
+        targets = linears(base, ["query", "key", "value", "dense"])
+        lora = sum(8 * (m.in_features + m.out_features) for m in targets)
+        magnitude = sum(m.out_features for m in targets) if method == "dora" else 0
+        return lora + magnitude + head
+    if method == "ia3":  # one vector per target; feed-forward targets scale their input
+        ff = linears(base, ["output.dense"])
+        return (
+            sum(m.in_features for m in ff)
+            + sum(m.out_features for m in linears(base, ["key", "value"]))
+            + head
+        )
+    if method == "adapter":  # 2 bottlenecks per layer (32 -> 2 -> 32) + every LayerNorm
+        bottleneck = hidden // 16
+        adapters = 2 * cfg.num_hidden_layers * (2 * hidden * bottleneck + bottleneck + hidden)
+        norms = sum(size(m) for m in base.modules() if isinstance(m, nn.LayerNorm))
+        return adapters + norms + head
+    if method == "prefix":  # a key and a value vector per virtual token and layer
+        return TOKENS * cfg.num_hidden_layers * 2 * hidden + head
+    if method == "prompt":
+        return TOKENS * hidden + head
+    if method == "ptuning":  # embeddings + MLP hidden -> 16 -> 16 -> hidden
+        mlp = (hidden * 16 + 16) + (16 * 16 + 16) + (16 * hidden + hidden)
+        return TOKENS * hidden + mlp + head
+    assert method == "distill"  # the student: one of the teacher's two layers
+    return size(base) - size(layers[1])
+
+
+def expected_total(method: str, base: nn.Module, trainable: int) -> int:
+    """Total parameters: peft keeps the base (with its original head) beside what it adds."""
+    if method in ("full", "freeze"):
+        return size(base)
+    if method == "distill":
+        return trainable
+    if method == "adapter":
+        norms = sum(size(m) for m in base.modules() if isinstance(m, nn.LayerNorm))
+        return size(base) + trainable - norms - size(base.classifier)
+    return size(base) + trainable
+
+
+# ----------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("method", [*METHODS, "distill"])
+def test_trainable_parameter_count_is_what_the_method_trains(
+    method, tiny_bert, intent_data, teacher
+):
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=4)
+    module = build(method, tiny_bert, intent_data, teacher)
+    trainable, total = module.parameter_counts
+    assert trainable == expected_trainable(method, base)
+    assert total == expected_total(method, base, trainable)
+    assert trainable == sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("method", [*METHODS, "distill"])
+def test_one_optimiser_step_lowers_the_loss(method, tiny_bert, intent_data, teacher):
+    torch.manual_seed(0)
+    module = build(method, tiny_bert, intent_data, teacher).eval()  # eval: no dropout noise
+    batch = fixed_batch(tiny_bert)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    loss = module.compute_loss(module(**batch), batch)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = module.compute_loss(module(**batch), batch)
+    assert after < loss.detach()
+
+
+@pytest.mark.parametrize("method", [*METHODS, "distill"])
+def test_training_leaves_frozen_weights_bit_identical(method, trained):
+    result, snapshot = trained(method)
+    params = dict(snapshot.module.model.named_parameters())
+    frozen = [n for n, p in params.items() if not p.requires_grad]
+    for name in frozen:
+        assert torch.equal(params[name], snapshot.before[name]), name
+    changed = [
+        n for n, p in params.items() if p.requires_grad and not torch.equal(p, snapshot.before[n])
+    ]
+    assert set(changed) == {n for n, p in params.items() if p.requires_grad}  # all trained
+    assert (method in ("full", "distill")) == (not frozen)
+    client = MlflowClient(f"sqlite:///{trained.folder}/mlflow.db")
+    logged = client.get_run(result.run_id).data.metrics
+    assert (
+        logged["params/trainable"] == result.trainable_params == snapshot.module.parameter_counts[0]
+    )
+
+
+def load_export(method: str, folder: Path, tiny_bert: Path) -> nn.Module:
+    """Reload an export folder the way a user would, without tunelab's module."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from modules.adapter import load_adapter_export
+
+    if method in ("full", "freeze", "distill"):
+        return AutoModelForSequenceClassification.from_pretrained(folder)
+    if method == "adapter":
+        return load_adapter_export(folder)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=4)
+    return PeftModel.from_pretrained(base, folder)
+
+
+@pytest.mark.parametrize("method", [*METHODS, "distill"])
+def test_checkpoint_and_export_reload_to_identical_outputs(method, trained, tiny_bert):
+    result, snapshot = trained(method)
+    batch = fixed_batch(tiny_bert)
+    batch.pop("labels")
+    expected = logits(snapshot.module.model, batch)  # the best checkpoint, loaded for `test`
+    checkpoint = trained.folder / result.best_checkpoint  # run folders are relative to the cwd
+    module = type(snapshot.module).load_from_checkpoint(checkpoint)
+    torch.testing.assert_close(logits(module.model, batch), expected, rtol=0, atol=0)
+    exported = load_export(method, trained.folder / result.run_dir / "export", tiny_bert)
+    torch.testing.assert_close(logits(exported, batch), expected, rtol=0, atol=1e-6)
+    untrained = logits(build_base(tiny_bert), batch)
+    assert not torch.allclose(untrained, expected)
+
+
+def build_base(tiny_bert: Path) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(1)
+    return AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=4)
+
+
+def test_distill_teacher_from_an_mlflow_run_and_a_lora_checkpoint(trained, tiny_bert, intent_data):
+    """`mlflow:<run_id>` downloads the run's `model` artifact; a LoRA `.ckpt` teacher is merged."""
+    from omegaconf import OmegaConf
+
+    from tunelab.pipeline import build_module
+
+    full, _ = trained("full")
+    lora, _ = trained("lora")
+    for spec in (f"mlflow:{full.run_id}", trained.folder / lora.best_checkpoint):
+        cfg, _ = compose("distill", tiny_bert, intent_data, f"method.teacher={spec}")
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved["method"]["tracking_uri"] = f"sqlite:///{trained.folder}/mlflow.db"
+        module = build_module(resolved, LABELS)
+        assert len(module.model.bert.encoder.layer) == 1
+        assert not any(p.requires_grad for p in module.teacher.parameters())
+        assert "teacher" not in dict(module.named_children())
+        assert all(not n.startswith("teacher") for n in module.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["method=freeze", "method.trainable_layers=3"], "model has only 2 layers"),
+        (["method=distill"], "method.teacher is required"),
+        (["method=distill", "method.student_layers=2", "TEACHER"], "teacher has 2"),
+        (["method=ia3", "method.feedforward_modules=[query]"], "not in target_modules"),
+    ],
+)
+def test_bad_method_settings_raise_config_error(args, message, tiny_bert, intent_data, teacher):
+    from omegaconf import OmegaConf
+
+    from tunelab.pipeline import build_module
+
+    args = [f"method.teacher={teacher}" if a == "TEACHER" else a for a in args]
+    with pytest.raises(ConfigError, match=message):
+        cfg, _ = load_config([*tiny_overrides(tiny_bert, intent_data), *args])
+        build_module(OmegaConf.to_container(cfg, resolve=True), LABELS)
+
+
+# ----------------------------------------------------------------------------- decoders
+DECODER_METHODS = {
+    "freeze": {"trainable_layers": 1},
+    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+    "dora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+    "ia3": {"target_modules": None, "feedforward_modules": None},
+    "adapter": {
+        "target_modules": ["o_proj", "down_proj"],
+        "reduction_factor": 8,
+        "bottleneck_size": None,
+        "activation": "silu",
+        "train_layer_norms": False,
+    },
+    "prefix": {"num_virtual_tokens": TOKENS, "projection": False, "encoder_hidden_size": 16},
+    "prompt": {"num_virtual_tokens": TOKENS, "init_text": None},
+    "ptuning": {"num_virtual_tokens": TOKENS, "encoder_hidden_size": 16},
+    "distill": {"student_layers": 1, "temperature": 2.0, "alpha": 0.5, "tracking_uri": None},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_mistral(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-32 Mistral (random init) saved as a HF folder."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_mistral")
+    config = MistralConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    MistralForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("method", list(DECODER_METHODS))
+def test_decoder_methods_train_what_they_should_and_learn(method, tiny_mistral):
+    """Causal LM: only the method's weights train, one step lowers the response-token loss."""
+    from hydra.utils import get_class
+
+    params = {"name": method, **DECODER_METHODS[method]}
+    if method == "distill":
+        params["teacher"] = str(tiny_mistral)
+    target = yaml_target(method)
+    model_cfg = {"name_or_path": str(tiny_mistral), "task": "causal_lm", "dtype": "float32"}
+    optim = {"lr": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "scheduler": "constant"}
+    torch.manual_seed(0)
+    module = get_class(target)(method=params, model=model_cfg, optim=optim).eval()
+    ids = torch.randint(3, 128, (2, 12))
+    labels = ids.clone()
+    labels[:, :6] = -100  # loss on the "response" half only
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    kept_frozen = ("embed_tokens", "layers.0." if method == "freeze" else "lm_head")
+    leaked = [n for n in trainable if any(k in n for k in kept_frozen)]
+    assert trainable and (method == "distill" or not leaked), leaked
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3)
+    loss = module.compute_loss(module(**batch), batch)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        assert module.compute_loss(module(**batch), batch) < loss.detach()
+
+
+def yaml_target(method: str) -> str:
+    from omegaconf import OmegaConf
+
+    from tunelab.config import GROUP_DIRS
+
+    return OmegaConf.load(GROUP_DIRS["method"] / f"{method}.yaml")["_target_"]

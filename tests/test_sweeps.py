@@ -1,0 +1,203 @@
+"""Optuna sweeps end to end on the tiny BERT: pruning fires, failures and Ctrl-C are survived,
+studies resume, MLflow holds one parent run with a child per trial, the best recipe reproduces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import tiny_overrides
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+import run as cli
+from modules.base import FineTuneModule
+from sweeps.report import child_runs
+from tunelab import config
+from tunelab.config import ConfigError
+from tunelab.validate import load_config
+
+GOOD, GOOD_TOO, HOPELESS, NAN, STOP = 1e-2, 8e-3, 1e-7, 2e-2, 3e-2
+
+
+def sweep_args(tiny_bert: Path, intent_data: Path, *extra: str) -> list[str]:
+    """Full fine-tuning of the tiny BERT over `optim.lr`, scored by val/loss (it learns fast)."""
+    base = tiny_overrides(tiny_bert, intent_data, "trainer.max_epochs=3", "data.batch_size=8")
+    return [
+        "experiment=full_minilm_banking77",
+        "sweep=full_lr",
+        *base,
+        "data.val_size=0.25",
+        "optim.warmup_ratio=0.0",
+        "optim.weight_decay=0.0",
+        "export.save_model=false",
+        "sweep.metric=val/loss",
+        "sweep.direction=minimize",
+        "sweep.pruner=median",
+        "sweep.pruner_startup_trials=2",
+        "sweep.n_warmup_steps=1",
+        "sweep.params={optim.lr: {type: float, low: 1e-7, high: 5e-2, log: true}}",
+        *extra,
+    ]
+
+
+def enqueue(*lrs: float) -> str:
+    return "sweep.enqueue=[" + ", ".join(f"{{optim.lr: {lr}}}" for lr in lrs) + "]"
+
+
+@pytest.fixture()
+def sabotage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trials with lr=NAN get a NaN training loss; lr=STOP gets Ctrl-C in its first step."""
+    original = FineTuneModule.compute_loss
+
+    def compute_loss(self, outputs, batch):
+        lr = self.hparams["optim"]["lr"]
+        if lr == STOP:
+            raise KeyboardInterrupt
+        loss = original(self, outputs, batch)
+        return loss * float("nan") if lr == NAN else loss
+
+    monkeypatch.setattr(FineTuneModule, "compute_loss", compute_loss)
+
+
+def load(name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage="sqlite:///optuna.db")
+
+
+def test_sweep_prunes_survives_nan_and_records_everything(
+    workdir: Path, tiny_bert: Path, intent_data: Path, sabotage: None, monkeypatch
+):
+    args = sweep_args(
+        tiny_bert, intent_data, "sweep.n_trials=4", enqueue(GOOD, NAN, GOOD_TOO, HOPELESS)
+    )
+    assert cli.main(args) == 0
+
+    study = load("full_minilm_banking77_full_lr")
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED]
+    good, nan, _, hopeless = study.trials
+    assert "NonFiniteLossError" in nan.user_attrs["fail_reason"]
+    assert sorted(good.intermediate_values) == [0, 1, 2]
+    assert sorted(hopeless.intermediate_values) == [0, 1]  # stopped after its 2nd of 3 epochs
+    assert hopeless.user_attrs["train_steps"] < good.user_attrs["train_steps"]
+    assert study.best_trial.params["optim.lr"] in (GOOD, GOOD_TOO)
+    assert len({t.user_attrs["mlflow_run_id"] for t in study.trials}) == 4
+    trial_dirs = sorted(p.name for p in (workdir / "outputs/full_minilm_banking77").glob("*/*"))
+    assert trial_dirs == ["trial_0", "trial_1", "trial_2", "trial_3"]
+
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.role"] == "parent"
+    assert parent.data.params["sweep.pruner"] == "median"
+    assert '"log": true' in parent.data.params["sweep.params.optim.lr"]
+    assert parent.data.metrics["best/value"] == pytest.approx(study.best_value)
+    assert parent.data.metrics["trials/pruned"] == 1 and parent.data.metrics["trials/fail"] == 1
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"plot_optimization_history.png", "plot_parallel_coordinate.png"} <= artifacts
+    assert {"trials.csv", "best_params.json", "full_minilm_banking77_best.yaml"} <= artifacts
+
+    children = {int(r.data.tags["trial"]): r for r in child_runs(client, parent.info.run_id)}
+    assert sorted(children) == [0, 1, 2, 3]
+    assert [children[n].data.tags["state"] for n in range(4)] == [
+        "complete",
+        "failed",
+        "complete",
+        "pruned",
+    ]
+    assert [children[n].info.status for n in range(4)] == [
+        "FINISHED",
+        "FAILED",
+        "FINISHED",
+        "KILLED",
+    ]
+    assert "test/acc" in children[0].data.metrics and "test/acc" not in children[3].data.metrics
+    assert children[3].data.params["optim.lr"] == str(HOPELESS)
+
+    # the best trial as a recipe: `python run.py experiment=full_minilm_banking77_best`
+    best_file = workdir / "experiments/full_minilm_banking77_best.yaml"
+    assert best_file.read_text().startswith("# python run.py experiment=full_minilm_banking77_best")
+    monkeypatch.setitem(config.GROUP_DIRS, "experiment", workdir / "experiments")
+    cfg, _ = load_config(["experiment=full_minilm_banking77_best"])
+    trial_cfg = OmegaConf.load(Path(study.best_trial.user_attrs["run_dir"]) / "config.yaml")
+    reproduced = OmegaConf.to_container(cfg, resolve=True)
+    expected = OmegaConf.to_container(trial_cfg) | {"name": "full_minilm_banking77_best"}
+    assert reproduced | {"sweep": None} == expected | {"sweep": None}
+
+
+def test_interrupted_sweep_resumes_with_continuing_trial_numbers(
+    workdir: Path, tiny_bert: Path, intent_data: Path, sabotage: None
+):
+    args = sweep_args(tiny_bert, intent_data, "trainer.max_epochs=2", "sweep.study_name=resume")
+    assert cli.main([*args, "sweep.n_trials=3", enqueue(GOOD, STOP)]) == 1  # Ctrl-C in trial 1
+    study = load("resume")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert "interrupted" in study.trials[1].user_attrs["fail_reason"]
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    assert client.get_run(parent_id).info.status == "KILLED"
+
+    assert cli.main([*args, "sweep.n_trials=3", enqueue(GOOD_TOO)]) == 0
+    study = load("resume")
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert study.trials[2].state == TrialState.COMPLETE
+    assert study.trials[2].params["optim.lr"] == GOOD_TOO
+    assert study.user_attrs["mlflow_parent_run_id"] == parent_id  # one parent run per study
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert len(child_runs(client, parent_id)) == 3
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        (
+            "sweep.params={optim.lrr: {type: float, low: 1e-5, high: 1e-3}}",
+            "did you mean 'optim.lr'",
+        ),
+        ("sweep.params={optim.lr: {type: float, low: 0.0, high: 1e-3, log: true}}", "optim.lr"),
+        ("sweep.params={optim.lr: {type: gaussian}}", "sweep.params.optim.lr"),
+        ("sweep.params={optim.lr: {type: float, low: 1e-3, high: 2.0}}", "optim.lr=2.0"),
+        ("sweep.params={method: {type: categorical, choices: [lora, lroa]}}", "'lroa'"),
+        ("sweep.pruner=asha", "sweep.pruner"),
+    ],
+)
+def test_bad_search_space_fails_before_any_trial(
+    workdir: Path, tiny_bert: Path, intent_data: Path, override: str, named: str
+):
+    with pytest.raises(ConfigError, match="sweep") as err:
+        load_config(sweep_args(tiny_bert, intent_data, override))
+    assert named in str(err.value)
+    assert cli.main(sweep_args(tiny_bert, intent_data, override)) == 2
+    assert not (workdir / "optuna.db").exists() and not (workdir / "outputs").exists()
+
+
+def test_group_choice_samples_only_paths_that_exist(tiny_bert: Path, intent_data: Path):
+    """qlora_quant: `method` is lora (unquantised) or qlora; `method.quantize` only for qlora."""
+    from sweeps.space import SweepConfig, apply, suggest
+
+    cfg, run = load_config(["experiment=qlora_tiny_mistral", "sweep=qlora_quant"])
+    space = SweepConfig.model_validate(run.sweep)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        values = suggest(trial, space, cfg)
+        trial_cfg = apply(cfg, values)
+        assert trial_cfg.method.name == values["method"]
+        assert ("method.quantize" in values) == (values["method"] == "qlora")
+        assert trial_cfg.method.r == values["method.r"]
+        seen.add(values["method"])
+        study.tell(trial, 0.0)
+    assert seen == {"lora", "qlora"}
+
+
+@pytest.mark.parametrize("name", config.available("sweep"))
+def test_every_sweep_yaml_validates_with_its_run_command(name: str):
+    lines = (config.GROUP_DIRS["sweep"] / f"{name}.yaml").read_text().splitlines()
+    command = lines[0].removeprefix("# python run.py ").split()
+    assert lines[0].startswith("# python run.py experiment=") and f"sweep={name}" in command
+    assert lines[1].startswith("# ") and len(lines[1]) > 20  # the description `--help` shows
+    _, run = load_config(command)
+    assert run.sweep["params"] and run.sweep["study_name"]
