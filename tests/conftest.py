@@ -39,6 +39,17 @@ def write_intents(folder: Path, rows_per_class: int = 24, seed: int = 0) -> Path
     return folder
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module: far faster for tiny models on 2 shared cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-32 BERT (random init) with MiniLM's tokenizer, saved as a HF folder."""

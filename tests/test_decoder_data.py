@@ -17,12 +17,7 @@ from tunelab.errors import DataError
 EXAMPLE = {"instruction": "What is gout ?", "input": "about the bone", "response": "A joint pain."}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread is far faster for tiny models
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,7 @@ import run as cli
 PROMPTS = ["What is gout ?", "How to treat migraine ?\n\nabout the heart"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread is far faster for tiny models
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -161,41 +161,43 @@ METHODS: dict[str, type[Targeted]] = {
 
 
 # ----------------------------------------------------------------------------- data
-class ClassificationData(Targeted):
-    """Text classification datasets (banking77, text_classification)."""
+class DataBase(Targeted):
+    """Fields every dataset shares: where it is, how it is split and batched."""
 
-    name: Literal["banking77", "text_classification"]
     root: str = "data"
     path: str
     hub_id: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
     val_size: Annotated[float, Field(gt=0)] = 0.1
     test_size: Annotated[float, Field(gt=0)] = 0.1
     max_train_samples: PositiveInt | None = None
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _path_given(self) -> DataBase:
+        if self.path in ("", "???"):
+            raise ValueError("data.path is required: a local file/folder or a hub id")
+        return self
+
+
+class ClassificationData(DataBase):
+    """Text classification datasets (banking77, text_classification)."""
+
+    name: Literal["banking77", "text_classification"]
+    text_column: str = "text"
+    label_column: str = "label"
     batch_size: PositiveInt = 32
     eval_batch_size: PositiveInt = 128
-    num_workers: Annotated[int, Field(ge=0)] = 0
 
     @property
     def task(self) -> str:
         """The model task this data feeds."""
         return "sequence_classification"
 
-    @model_validator(mode="after")
-    def _path_given(self) -> ClassificationData:
-        if self.path in ("", "???"):
-            raise ValueError("data.path is required: a local file/folder or a hub id")
-        return self
 
-
-class InstructionData(Targeted):
+class InstructionData(DataBase):
     """Instruction-tuning data for decoders: instruction [+ input] -> response."""
 
     name: Literal["instruction", "medquad", "pubmedqa"]
-    root: str = "data"
-    path: str
-    hub_id: str | None = None
     instruction_field: str = "instruction"
     input_field: str | None = None
     response_field: str = "response"
@@ -203,23 +205,13 @@ class InstructionData(Targeted):
     system_prompt: str | None = None
     packing: bool = False
     skip_long_prompts: bool = False
-    val_size: Annotated[float, Field(gt=0)] = 0.1
-    test_size: Annotated[float, Field(gt=0)] = 0.1
-    max_train_samples: PositiveInt | None = None
     batch_size: PositiveInt = 8
     eval_batch_size: PositiveInt = 16
-    num_workers: Annotated[int, Field(ge=0)] = 0
 
     @property
     def task(self) -> str:
         """The model task this data feeds."""
         return "causal_lm"
-
-    @model_validator(mode="after")
-    def _path_given(self) -> InstructionData:
-        if self.path in ("", "???"):
-            raise ValueError("data.path is required: a local file/folder or a hub id")
-        return self
 
 
 class MedQuadData(InstructionData):
