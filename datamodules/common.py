@@ -37,6 +37,14 @@ def not_found(path: str, root: str) -> DataError:
     )
 
 
+def require_local(path: str, root: str) -> Path:
+    """The local file or folder `path` refers to; `not_found` when there is none."""
+    location = resolve_local(path, root)
+    if location is None:
+        raise not_found(path, root)
+    return location
+
+
 def _split_files(folder: Path) -> dict[str, str]:
     """Map split names to files named train.*, validation.* (val, dev), test.* in a folder."""
     files: dict[str, str] = {}

@@ -76,9 +76,7 @@ class MedQuadDataModule(InstructionDataModule):
     @override
     def load_records(self) -> dict[str, list[Record]]:
         hp = self.hparams
-        folder = common.resolve_local(hp.path, hp.root)
-        if folder is None:
-            raise common.not_found(hp.path, hp.root)
+        folder = common.require_local(hp.path, hp.root)
         if not 0 < hp.val_size < 1 or not 0 < hp.test_size < 1:
             raise DataError("medquad: data.val_size and data.test_size are fractions of files")
         records: dict[str, list[Record]] = {"train": [], "validation": [], "test": []}

@@ -68,9 +68,7 @@ class PubMedQADataModule(InstructionDataModule):
     @override
     def load_records(self) -> dict[str, list[Record]]:
         hp = self.hparams
-        folder = common.resolve_local(hp.path, hp.root)
-        if folder is None:
-            raise common.not_found(hp.path, hp.root)
+        folder = common.require_local(hp.path, hp.root)
         pool, test = read_pubmedqa(folder)
         random.Random(hp.seed).shuffle(pool)
         n_val = int(hp.val_size) if hp.val_size >= 1 else round(hp.val_size * len(pool))

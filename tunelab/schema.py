@@ -52,14 +52,10 @@ class FreezeMethod(Targeted):
     trainable_layers: PositiveInt = 2
 
 
-class DoraMethod(Targeted):
+class DoraMethod(LoraMethod):
     """DoRA via peft: LoRA's fields, weight-decomposed update."""
 
     name: Literal["dora"]
-    r: PositiveInt = 8
-    alpha: Annotated[float, Field(gt=0)] = 16
-    dropout: Probability = 0.0
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
 class IA3Method(Targeted):
@@ -132,14 +128,13 @@ class DistillMethod(Targeted):
         return self
 
 
-class QLoraMethod(Targeted):
+class QLoraMethod(LoraMethod):
     """QLoRA: LoRA (peft) on a base quantised by bitsandbytes (4-bit nf4/fp4 or int8)."""
 
     name: Literal["qlora"]
     r: PositiveInt = 16
     alpha: Annotated[float, Field(gt=0)] = 32
     dropout: Probability = 0.05
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
     quantize: Literal["nf4", "fp4", "int8"] = "nf4"
     double_quant: bool = True
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
