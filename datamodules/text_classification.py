@@ -35,6 +35,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: validation/test batch size.
         num_workers: DataLoader worker processes.
+        group_by_length: batch texts of similar length together (shuffled megabatches in
+            training, sorted in evaluation) so dynamic padding pads little.
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 128,
         num_workers: int = 0,
+        group_by_length: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -122,10 +125,14 @@ class TextClassificationDataModule(L.LightningDataModule):
 
         assert self.splits is not None, "call setup() first"
         size = self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size
+        sampler = None
+        if self.hparams.group_by_length:
+            sampler = common.length_grouped_sampler(self.splits[split], size, shuffle)
         return DataLoader(
             self.splits[split],
             batch_size=size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             collate_fn=DataCollatorWithPadding(self.tokenizer),
             num_workers=self.hparams.num_workers,
         )

@@ -26,6 +26,7 @@ from sweeps import report
 from sweeps.space import SweepConfig, apply, suggest
 from tunelab.errors import TunelabError
 from tunelab.schema import RunConfig
+from tunelab.tracking import sqlite_lock
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -206,8 +207,9 @@ def run_sweep(cfg: DictConfig, run: RunConfig) -> optuna.Study:
 
     quiet_libraries()
     space = SweepConfig.model_validate(run.sweep)
-    study = load_study(space, run)
-    parent_id = report.open_parent(study, space, cfg, run)
+    with sqlite_lock(space.storage):  # workers started together: one study, one parent run
+        study = load_study(space, run)
+        parent_id = report.open_parent(study, space, cfg, run)
     try:
         if _remaining(study, space) > 0:
             study.optimize(

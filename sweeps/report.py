@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeps.space import SweepConfig, apply
 from tunelab.config import available
 from tunelab.schema import RunConfig
-from tunelab.tracking import absolute_uri, flatten, run_tags
+from tunelab.tracking import absolute_uri, ensure_experiment, flatten, run_tags
 
 PLOTS = ("plot_optimization_history", "plot_param_importances", "plot_parallel_coordinate")
 
@@ -65,12 +65,8 @@ def open_parent(study: optuna.Study, space: SweepConfig, cfg: DictConfig, run: R
         client.update_run(parent_id, status="RUNNING")
         return parent_id
     resolved = OmegaConf.to_container(apply(cfg, {}), resolve=True)
-    experiment = client.get_experiment_by_name(run.logger.experiment_name)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment
-        else client.create_experiment(run.logger.experiment_name)
-    )
+    uri = absolute_uri(run.logger.tracking_uri)
+    experiment_id = ensure_experiment(uri, run.logger.experiment_name)
     name = f"sweep_{study.study_name}"
     tags = run_tags(resolved) | {"sweep": study.study_name, "sweep.role": "parent"}
     parent_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id

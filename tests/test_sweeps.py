@@ -3,11 +3,14 @@ studies resume, MLflow holds one parent run with a child per trial, the best rec
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import tiny_overrides
+from conftest import REPO, tiny_overrides
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
@@ -147,6 +150,26 @@ def test_interrupted_sweep_resumes_with_continuing_trial_numbers(
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     assert len(child_runs(client, parent_id)) == 3
+
+
+def test_two_workers_started_together_share_one_study_and_one_parent_run(
+    workdir: Path, tiny_bert: Path, intent_data: Path
+):
+    """`python run.py ... sweep=...` twice at once on fresh SQLite files: no setup race."""
+    args = sweep_args(tiny_bert, intent_data, "trainer.max_epochs=1", "sweep.n_trials=4")
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO / "run.py"), *args]
+    workers = [subprocess.Popen(command, cwd=workdir, env=env) for _ in range(2)]
+    assert [w.wait(timeout=300) for w in workers] == [0, 0]
+
+    [summary] = optuna.get_all_study_summaries("sqlite:///optuna.db")
+    study = load(summary.study_name)
+    assert 4 <= len(study.trials) <= 5  # each worker stops once the study holds 4
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    assert [p.info.run_id for p in parents] == [study.user_attrs["mlflow_parent_run_id"]]
+    assert len(child_runs(client, parents[0].info.run_id)) == len(study.trials)
 
 
 @pytest.mark.parametrize(

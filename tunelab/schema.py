@@ -182,6 +182,7 @@ class ClassificationData(DataBase):
     label_column: str = "label"
     batch_size: PositiveInt = 32
     eval_batch_size: PositiveInt = 128
+    group_by_length: bool = True
 
     @property
     def task(self) -> str:

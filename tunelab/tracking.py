@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,42 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of an SQLAlchemy `sqlite:///...` URL (None for other URLs)."""
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        return None
+    return Path(url.removeprefix("sqlite:///")).resolve()
+
+
+@contextmanager
+def sqlite_lock(url: str) -> Iterator[None]:
+    """Hold a file lock beside an SQLite database while it is set up.
+
+    Creating an MLflow store (schema migrations), an experiment, an Optuna study or a sweep's
+    parent run is check-then-create; two processes started together would race. On SQLite the
+    lock serialises them on this machine; server URLs (postgresql://, http://) need no lock here.
+    """
+    path = sqlite_file(url)
+    if path is None:
+        yield
+        return
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock", timeout=600):
+        yield
+
+
+def ensure_experiment(tracking_uri: str, name: str) -> str:
+    """The id of MLflow experiment `name`, created (with the store) when missing."""
+    from mlflow import MlflowClient
+
+    with sqlite_lock(tracking_uri):
+        client = MlflowClient(tracking_uri)
+        found = client.get_experiment_by_name(name)
+        return found.experiment_id if found else client.create_experiment(name)
+
+
 def make_logger(resolved: dict[str, Any], parent_run_id: str | None = None) -> Any:
     """An `MLFlowLogger` for one run; a nested child of `parent_run_id` when given."""
     from lightning.pytorch.loggers import MLFlowLogger
@@ -68,6 +106,7 @@ def make_logger(resolved: dict[str, Any], parent_run_id: str | None = None) -> A
     uri = absolute_uri(cfg["tracking_uri"])
     tags = run_tags(resolved)
     run_id = None
+    ensure_experiment(uri, cfg["experiment_name"])
     if parent_run_id is not None:
         client = MlflowClient(uri)
         parent = client.get_run(parent_run_id)
