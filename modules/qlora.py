@@ -45,6 +45,23 @@ def quantized_layers(model: nn.Module) -> int:
     return sum(isinstance(m, kinds) for m in model.modules())
 
 
+def keep_training_layout(model: nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference; returns layers changed.
+
+    On CPUs with avx512_bf16, bitsandbytes (0.50) repacks a `Linear4bit` weight into an
+    inference-only layout at its first forward pass in eval mode without gradients, and does not
+    undo it when training resumes: the next training step after a validation then fails with
+    "a view of a leaf Variable that requires grad is being used in an in-place operation".
+    Validation runs between training epochs, so the repacking is switched off.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
 class QLoraFineTune(FineTuneModule):
     """LoRA on a 4-bit (or int8) frozen base; for classifiers the head trains in full precision.
 
@@ -54,9 +71,11 @@ class QLoraFineTune(FineTuneModule):
     @override
     def load_base(self) -> nn.Module:
         config = bnb_config(self.hparams.method)
-        return tasks.load_pretrained(
+        model = tasks.load_pretrained(
             self.hparams.model, self.hparams.labels, quantization_config=config
         )
+        keep_training_layout(model)
+        return model
 
     @override
     def adapt(self, model: nn.Module) -> nn.Module:

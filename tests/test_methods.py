@@ -368,3 +368,31 @@ def yaml_target(method: str) -> str:
     from tunelab.config import GROUP_DIRS
 
     return OmegaConf.load(GROUP_DIRS["method"] / f"{method}.yaml")["_target_"]
+
+
+def test_qlora_classifier_trains_again_after_a_validation_pass(tmp_path, tiny_bert: Path):
+    """bitsandbytes repacks 4-bit weights for CPU inference in eval mode; training must go on."""
+    import yaml
+    from transformers import BertConfig, BertModel
+
+    from modules.qlora import QLoraFineTune, quantized_layers
+
+    config = BertConfig.from_pretrained(tiny_bert)
+    config.update({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1})
+    BertModel(config).save_pretrained(tmp_path)  # CPU 4-bit layers need >= 64 inputs
+    method = yaml.safe_load(Path("configs/method/qlora.yaml").read_text())
+    model = {"name_or_path": str(tmp_path), "task": "sequence_classification", "max_length": 16}
+    module = QLoraFineTune(method, model, {"lr": 1e-2}, labels=LABELS)
+    assert quantized_layers(module.model) == 7  # q, k, v, attn out, intermediate, output, pooler
+    batch = fixed_batch(tiny_bert)
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):  # train, validate, train: the second step used to fail
+        module.train()
+        loss = module.compute_loss(module(**batch), batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        module.eval()
+        with torch.no_grad():
+            after = module.compute_loss(module(**batch), batch)
+    assert after < loss.detach()
