@@ -123,7 +123,7 @@ def test_qlora_module_really_holds_4bit_layers(tiny):
 def test_qlora_fits_and_merges_into_the_dequantised_base(qlora_run, tiny):
     from transformers import AutoModelForCausalLM
 
-    from modules.qlora import bnb_config, quantized_layers
+    from modules.qlora import bnb_config, keep_training_layout, quantized_layers
 
     client, run, run_dir = qlora_run
     _loss_halves(client, run)
@@ -132,6 +132,7 @@ def test_qlora_fits_and_merges_into_the_dequantised_base(qlora_run, tiny):
     method = {"quantize": "nf4", "double_quant": True, "compute_dtype": "float32"}
     base = AutoModelForCausalLM.from_pretrained(tiny[0], quantization_config=bnb_config(method))
     assert quantized_layers(base) == 14
+    keep_training_layout(base)  # fp32 dequantised matmuls, as in the merged model (no bf16 repack)
     _assert_merged_matches(run_dir, base)
 
 
