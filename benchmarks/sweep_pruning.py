@@ -43,6 +43,7 @@ def sweep_args(args: argparse.Namespace, pruner: str, folder: Path) -> list[str]
         f"data.max_train_samples={args.train_samples}",
         f"data.val_size={args.val_samples}",
         f"trainer.max_epochs={args.epochs}",
+        f"trainer.val_check_interval={args.val_check_interval}",
         "trainer.enable_progress_bar=false",
         "export.save_model=false",
         "logger.tracking_uri=sqlite:///mlflow.db",
@@ -78,14 +79,17 @@ def run_one(args: argparse.Namespace, pruner: str, folder: Path) -> dict:
 
 def budget_text(args: argparse.Namespace) -> str:
     """The sweeps' shared budget, in words."""
+    per_epoch = round(1 / args.val_check_interval)
+    reports = per_epoch * args.epochs
     return (
         f"{args.trials} trials per sweep, {args.epochs} epochs, {args.train_samples} training "
         f"rows, {args.val_samples} validation rows carved from train.csv, full test.csv (3,080 "
         "rows) for every completed trial; search space `sweeps/lora_rank_lr.yaml` (method.r, "
         "method.alpha, optim.lr), seeded TPE (seed 42) in its random start-up phase, so every "
         f"sweep samples the same {args.trials} trials. Median pruner: "
-        f"{args.pruner_startup} start-up trial(s), no warm-up; Hyperband: min resource 1 epoch, "
-        f"max {args.epochs}, reduction factor 3. One report (val/acc) per epoch."
+        f"{args.pruner_startup} start-up trial(s), no warm-up; Hyperband: min resource 1 report, "
+        f"max {reports} reports, reduction factor 3. One report (val/acc) per validation, "
+        f"{per_epoch} validation(s) per epoch, so {reports} reports per full trial."
     )
 
 
@@ -135,6 +139,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-samples", type=int, default=480)
     parser.add_argument("--val-samples", type=int, default=308)
+    parser.add_argument("--val-check-interval", type=float, default=1.0, help="epoch fraction")
     parser.add_argument("--pruner-startup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared CPU)")
     parser.add_argument("--pruners", nargs="+", default=["none", "median", "hyperband"])

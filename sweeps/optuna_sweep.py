@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 from typing_extensions import override
 
+from callbacks.optuna_pruning import OptunaPruning, reports_per_epoch
 from sweeps import report
 from sweeps.space import SweepConfig, apply, suggest
 from tunelab.errors import TunelabError
@@ -98,8 +99,8 @@ def make_sampler(space: SweepConfig, offset: int) -> optuna.samplers.BaseSampler
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.n_startup_trials)
 
 
-def make_pruner(space: SweepConfig, max_epochs: int) -> optuna.pruners.BasePruner:
-    """Median or Hyperband pruning over epochs (one report per validation), or none."""
+def make_pruner(space: SweepConfig, run: RunConfig) -> optuna.pruners.BasePruner:
+    """Median or Hyperband pruning over validations (step k = after the k-th one), or none."""
     if space.pruner == "median":
         return optuna.pruners.MedianPruner(
             n_startup_trials=space.pruner_startup_trials, n_warmup_steps=space.n_warmup_steps
@@ -107,10 +108,19 @@ def make_pruner(space: SweepConfig, max_epochs: int) -> optuna.pruners.BasePrune
     if space.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=space.min_resource,
-            max_resource=max_epochs if max_epochs > 0 else "auto",
+            max_resource=max_reports(run),
             reduction_factor=space.reduction_factor,
         )
     return optuna.pruners.NopPruner()
+
+
+def max_reports(run: RunConfig) -> int | str:
+    """Validations (pruning reports) in a full trial: Hyperband's `max_resource`."""
+    trainer = run.trainer
+    if trainer.max_epochs <= 0:
+        return "auto"
+    per_epoch = reports_per_epoch(trainer.val_check_interval)
+    return max(1, trainer.max_epochs // trainer.check_val_every_n_epoch) * per_epoch
 
 
 def load_study(space: SweepConfig, run: RunConfig) -> optuna.Study:
@@ -119,7 +129,7 @@ def load_study(space: SweepConfig, run: RunConfig) -> optuna.Study:
         study_name=space.study_name or run.name,
         storage=make_storage(space.storage),
         direction=space.direction,
-        pruner=make_pruner(space, run.trainer.max_epochs),
+        pruner=make_pruner(space, run),
         load_if_exists=True,
     )
     study.sampler = make_sampler(space, len(study.trials))
@@ -160,8 +170,6 @@ class Objective:
 
     def _train(self, trial: optuna.Trial, recorder: TrialRecorder) -> Any:
         """Sample, validate and run the trial's experiment in its own folder."""
-        from optuna_integration import PyTorchLightningPruningCallback
-
         from tunelab.pipeline import run_experiment
         from tunelab.validate import validate
 
@@ -171,7 +179,7 @@ class Objective:
         result = run_experiment(
             trial_cfg,
             run,
-            callbacks=[recorder, PyTorchLightningPruningCallback(trial, self.space.metric)],
+            callbacks=[recorder, OptunaPruning(trial, self.space.metric)],
             parent_run_id=self.parent_id,
             run_dir=folder / f"trial_{trial.number}",
         )

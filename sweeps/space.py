@@ -233,10 +233,10 @@ def check_sweep(cfg: DictConfig, raw: dict[str, Any], problems: list[str]) -> Sw
     variants = _variants(cfg, space, problems)
     if base_ok:  # probing a broken base would only repeat its problems
         _check_values(variants, space, problems)
-    if space.pruner != "none" and cfg.trainer.val_check_interval != 1.0:
+    if space.pruner != "none" and cfg.trainer.val_check_interval > 1.0:
         problems.append(
-            "trainer.val_check_interval: pruning reports once per epoch (optuna-integration's "
-            "Lightning callback); keep 1.0 and shorten epochs with trainer.limit_train_batches"
+            "trainer.val_check_interval: pruning reports at each validation and counts them per "
+            "epoch; give a fraction of an epoch (<= 1.0, e.g. 0.5 for two reports an epoch)"
         )
     for n, entry in enumerate(space.enqueue):
         unknown = sorted(set(entry) - set(space.params))

@@ -40,7 +40,7 @@ def sweep_args(tiny_bert: Path, intent_data: Path, *extra: str) -> list[str]:
         "sweep.direction=minimize",
         "sweep.pruner=median",
         "sweep.pruner_startup_trials=2",
-        "sweep.n_warmup_steps=1",
+        "sweep.n_warmup_steps=2",
         "sweep.params={optim.lr: {type: float, low: 1e-7, high: 5e-2, log: true}}",
         *extra,
     ]
@@ -82,9 +82,10 @@ def test_sweep_prunes_survives_nan_and_records_everything(
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED]
     good, nan, _, hopeless = study.trials
     assert "NonFiniteLossError" in nan.user_attrs["fail_reason"]
-    assert sorted(good.intermediate_values) == [0, 1, 2]
-    assert sorted(hopeless.intermediate_values) == [0, 1]  # stopped after its 2nd of 3 epochs
-    assert hopeless.user_attrs["train_steps"] < good.user_attrs["train_steps"]
+    assert sorted(good.intermediate_values) == [1, 2, 3]  # step k = after epoch k
+    assert sorted(hopeless.intermediate_values) == [1, 2]  # stopped after its 2nd of 3 epochs
+    steps_per_epoch = good.user_attrs["train_steps"] // 3
+    assert hopeless.user_attrs["train_steps"] == 2 * steps_per_epoch
     assert study.best_trial.params["optim.lr"] in (GOOD, GOOD_TOO)
     assert len({t.user_attrs["mlflow_run_id"] for t in study.trials}) == 4
     trial_dirs = sorted(p.name for p in (workdir / "outputs/full_minilm_banking77").glob("*/*"))
@@ -224,3 +225,18 @@ def test_every_sweep_yaml_validates_with_its_run_command(name: str):
     assert lines[1].startswith("# ") and len(lines[1]) > 20  # the description `--help` shows
     _, run = load_config(command)
     assert run.sweep["params"] and run.sweep["study_name"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], 3),
+        (["trainer.max_epochs=4", "trainer.val_check_interval=0.5"], 8),
+        (["trainer.max_epochs=6", "trainer.check_val_every_n_epoch=2"], 3),
+    ],
+)
+def test_hyperband_resource_is_the_number_of_validations(overrides: list[str], expected: int):
+    from sweeps.optuna_sweep import max_reports
+
+    _, run = load_config(["experiment=full_minilm_banking77", "trainer.max_epochs=3", *overrides])
+    assert max_reports(run) == expected
