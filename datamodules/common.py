@@ -89,6 +89,32 @@ def load_hub(hub_id: str, path: str, root: str) -> DatasetDict:
         raise DataError(f"{not_found(path, root)}\nHub load of '{hub_id}' failed: {err}") from err
 
 
+def load_source(path: str, root: str, hub_id: str | None) -> DatasetDict:
+    """`path` as a local file/folder (under `root` when relative), else a hub dataset.
+
+    Only the recognised split names are kept. Raises a `DataError` naming where it looked.
+    """
+    local = resolve_local(path, root)
+    if local is not None:
+        data = load_local(local)
+    elif hub_id or (path.count("/") == 1 and not path.startswith(".")):
+        data = load_hub(hub_id or path, path, root)
+    else:
+        raise not_found(path, root)
+    return DatasetDict({split: ds for split, ds in data.items() if split in SPLIT_ALIASES})
+
+
+def add_eval_splits(
+    data: DatasetDict, val_size: float, test_size: float, seed: int, stratify: str | None
+) -> DatasetDict:
+    """Carve a test split, then a validation split, off train when the source has none."""
+    if "test" not in data:
+        data["train"], data["test"] = carve(data["train"], test_size, seed, stratify)
+    if "validation" not in data:
+        data["train"], data["validation"] = carve(data["train"], val_size, seed, stratify)
+    return data
+
+
 def check_columns(data: DatasetDict, columns: list[str], keys: list[str]) -> None:
     """Every split must have the configured columns; name the override that fixes it."""
     for split, ds in data.items():

@@ -6,7 +6,6 @@ from functools import partial
 from typing import Any
 
 import lightning as L
-from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
@@ -91,25 +90,13 @@ class InstructionDataModule(L.LightningDataModule):
     def load_records(self) -> dict[str, list[Record]]:
         """Train/validation/test records with keys `instruction`, `input`, `response`."""
         hp = self.hparams
-        local = common.resolve_local(hp.path, hp.root)
-        if local is not None:
-            data = common.load_local(local)
-        elif hp.hub_id or (hp.path.count("/") == 1 and not hp.path.startswith(".")):
-            data = common.load_hub(hp.hub_id or hp.path, hp.path, hp.root)
-        else:
-            raise common.not_found(hp.path, hp.root)
-        data = DatasetDict({s: d for s, d in data.items() if s in common.SPLIT_ALIASES})
+        data = common.load_source(hp.path, hp.root, hp.hub_id)
         fields = {"instruction_field": hp.instruction_field, "response_field": hp.response_field}
         if hp.input_field:
             fields["input_field"] = hp.input_field
         common.check_columns(data, list(fields.values()), list(fields))
         common.check_not_empty(data)
-        if "test" not in data:
-            data["train"], data["test"] = common.carve(data["train"], hp.test_size, hp.seed, None)
-        if "validation" not in data:
-            data["train"], data["validation"] = common.carve(
-                data["train"], hp.val_size, hp.seed, None
-            )
+        data = common.add_eval_splits(data, hp.val_size, hp.test_size, hp.seed, None)
         return {split: [self._record(row) for row in ds] for split, ds in data.items()}
 
     def _record(self, row: dict[str, Any]) -> Record:

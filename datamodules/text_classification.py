@@ -75,20 +75,12 @@ class TextClassificationDataModule(L.LightningDataModule):
     def load_raw(self) -> tuple[DatasetDict, list[str] | None]:
         """The raw splits, and the label names when the source defines their order."""
         hp = self.hparams
-        local = common.resolve_local(hp.path, hp.root)
-        if local is not None:
-            return common.load_local(local), None
-        if hp.hub_id or (hp.path.count("/") == 1 and not hp.path.startswith(".")):
-            return common.load_hub(hp.hub_id or hp.path, hp.path, hp.root), None
-        raise common.not_found(hp.path, hp.root)
+        return common.load_source(hp.path, hp.root, hp.hub_id), None
 
     def _make_splits(self, data: DatasetDict) -> DatasetDict:
         hp = self.hparams
+        data = common.add_eval_splits(data, hp.val_size, hp.test_size, hp.seed, "labels")
         train = data["train"]
-        if "test" not in data:
-            train, data["test"] = common.carve(train, hp.test_size, hp.seed, "labels")
-        if "validation" not in data:
-            train, data["validation"] = common.carve(train, hp.val_size, hp.seed, "labels")
         if hp.max_train_samples and hp.max_train_samples < len(train):
             train = train.shuffle(seed=hp.seed).select(range(hp.max_train_samples))
         data["train"] = train
