@@ -171,8 +171,9 @@ def write_table(rows: list[dict], args: argparse.Namespace, command: str) -> Non
         "# Fine-tuning methods on BANKING77 (all-MiniLM-L6-v2)",
         "",
         f"- Budget: {budget_line(args)}. Test set: the official 3,080 rows.",
-        f"- Machine: {os.cpu_count()} CPU cores shared with other jobs, no GPU, "
-        f"{platform.processor() or platform.machine()}, fp32.",
+        f"- Machine: {os.cpu_count()} CPU cores, no GPU, "
+        f"{platform.processor() or platform.machine()}, fp32, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.",
         f"- Command(s): {command}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
         "MLflow experiment `compare_methods`.",

@@ -28,6 +28,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the repo is run from its root, not installed
 
 
+def study_name(args: argparse.Namespace, pruner: str) -> str:
+    """One study per pruner setting; the unpruned one is shared by every setting."""
+    if pruner == "none":
+        return "bench_none"
+    return f"bench_{pruner}_startup{args.pruner_startup}_warmup{args.pruner_warmup}"
+
+
 def sweep_args(args: argparse.Namespace, pruner: str, folder: Path) -> list[str]:
     """CLI overrides of one sweep (identical except the pruner)."""
     return [
@@ -37,8 +44,9 @@ def sweep_args(args: argparse.Namespace, pruner: str, folder: Path) -> list[str]
         f"sweep.n_startup_trials={args.trials}",
         f"sweep.pruner={pruner}",
         f"sweep.pruner_startup_trials={args.pruner_startup}",
-        "sweep.n_warmup_steps=0",
-        f"sweep.study_name=bench_{pruner}",
+        f"sweep.n_warmup_steps={args.pruner_warmup}",
+        f"sweep.min_resource={max(1, args.pruner_warmup)}",
+        f"sweep.study_name={study_name(args, pruner)}",
         f"sweep.best_experiment_dir={folder / 'experiments'}",
         f"data.max_train_samples={args.train_samples}",
         f"data.val_size={args.val_samples}",
@@ -50,10 +58,11 @@ def sweep_args(args: argparse.Namespace, pruner: str, folder: Path) -> list[str]
     ]
 
 
-def summarise(study: optuna.Study, wall_s: float) -> dict:
-    """Best val acc, its test acc, total training steps and trial states of one study."""
+def summarise(study: optuna.Study) -> dict:
+    """Best val acc, its test acc, total training steps, trial states and time of one study."""
     best = study.best_trial
     states = [t.state.name.lower() for t in study.trials]
+    wall_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials)
     return {
         "best_val_acc": best.value,
         "best_test_acc": best.user_attrs["test_metrics"]["test/acc"],
@@ -69,12 +78,11 @@ def run_one(args: argparse.Namespace, pruner: str, folder: Path) -> dict:
     import run as cli
 
     os.chdir(folder)
-    started = time.time()
     code = cli.main(sweep_args(args, pruner, folder))
     if code != 0:
         raise SystemExit(f"sweep with pruner={pruner} failed (exit {code})")
-    study = optuna.load_study(study_name=f"bench_{pruner}", storage="sqlite:///optuna.db")
-    return summarise(study, time.time() - started)
+    study = optuna.load_study(study_name=study_name(args, pruner), storage="sqlite:///optuna.db")
+    return summarise(study)
 
 
 def budget_text(args: argparse.Namespace) -> str:
@@ -87,7 +95,9 @@ def budget_text(args: argparse.Namespace) -> str:
         "rows) for every completed trial; search space `sweeps/lora_rank_lr.yaml` (method.r, "
         "method.alpha, optim.lr), seeded TPE (seed 42) in its random start-up phase, so every "
         f"sweep samples the same {args.trials} trials. Median pruner: "
-        f"{args.pruner_startup} start-up trial(s), no warm-up; Hyperband: min resource 1 report, "
+        f"{args.pruner_startup} start-up trial(s), no pruning before report "
+        f"{max(1, args.pruner_warmup)}; Hyperband: min resource {max(1, args.pruner_warmup)} "
+        "report(s), "
         f"max {reports} reports, reduction factor 3. One report (val/acc) per validation, "
         f"{per_epoch} validation(s) per epoch, so {reports} reports per full trial."
     )
@@ -107,7 +117,7 @@ def to_markdown(args: argparse.Namespace, results: dict[str, dict], command: str
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
         "| pruner | best val acc | its test acc | training steps | share of unpruned steps "
-        "| trials | wall time |",
+        "| trials | time in trials |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     plain = results.get("none")
@@ -141,19 +151,26 @@ def main() -> None:
     parser.add_argument("--val-samples", type=int, default=308)
     parser.add_argument("--val-check-interval", type=float, default=1.0, help="epoch fraction")
     parser.add_argument("--pruner-startup", type=int, default=1)
+    parser.add_argument(
+        "--pruner-warmup", type=int, default=0, help="first report a trial may be pruned at"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="reuse a folder: finished studies resume"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared CPU)")
     parser.add_argument("--pruners", nargs="+", default=["none", "median", "hyperband"])
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/sweep_pruning.md"))
     args = parser.parse_args()
+    args.out = Path(args.out).resolve()  # the sweeps run in their own folder
     command = "python benchmarks/sweep_pruning.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
-        if k != "out"
+        if k not in ("out", "workdir")
     )
     import torch
 
     torch.set_num_threads(args.threads)  # oversubscribing a CPU shared by others is slower
-    folder = Path(tempfile.mkdtemp(prefix="sweep_pruning_"))
+    folder = args.workdir or Path(tempfile.mkdtemp(prefix="sweep_pruning_"))
     results = {pruner: run_one(args, pruner, folder) for pruner in args.pruners}
     text = to_markdown(args, results, command)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (shared CPU)")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/tune_lr.md"))
     args = parser.parse_args()
+    args.out = str(Path(args.out).resolve())  # the sweeps run in a scratch folder
     command = "python benchmarks/tune_lr.py " + " ".join(sys.argv[1:])
     import torch
 
