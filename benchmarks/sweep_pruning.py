@@ -27,6 +27,13 @@ import optuna
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the repo is run from its root, not installed
 
+from callbacks.optuna_pruning import reports_per_epoch  # noqa: E402
+
+
+def first_prunable_report(args: argparse.Namespace) -> int:
+    """The first report at which a trial may be pruned (median warm-up, Hyperband's first rung)."""
+    return max(1, args.pruner_warmup)
+
 
 def study_name(args: argparse.Namespace, pruner: str) -> str:
     """One study per pruner setting; the unpruned one is shared by every setting."""
@@ -45,7 +52,7 @@ def sweep_args(args: argparse.Namespace, pruner: str, folder: Path) -> list[str]
         f"sweep.pruner={pruner}",
         f"sweep.pruner_startup_trials={args.pruner_startup}",
         f"sweep.n_warmup_steps={args.pruner_warmup}",
-        f"sweep.min_resource={max(1, args.pruner_warmup)}",
+        f"sweep.min_resource={first_prunable_report(args)}",
         f"sweep.study_name={study_name(args, pruner)}",
         f"sweep.best_experiment_dir={folder / 'experiments'}",
         f"data.max_train_samples={args.train_samples}",
@@ -62,7 +69,8 @@ def summarise(study: optuna.Study) -> dict:
     """Best val acc, its test acc, total training steps, trial states and time of one study."""
     best = study.best_trial
     states = [t.state.name.lower() for t in study.trials]
-    wall_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials)
+    finished = [t for t in study.trials if t.datetime_complete is not None]
+    wall_s = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in finished)
     return {
         "best_val_acc": best.value,
         "best_test_acc": best.user_attrs["test_metrics"]["test/acc"],
@@ -87,17 +95,17 @@ def run_one(args: argparse.Namespace, pruner: str, folder: Path) -> dict:
 
 def budget_text(args: argparse.Namespace) -> str:
     """The sweeps' shared budget, in words."""
-    per_epoch = round(1 / args.val_check_interval)
+    per_epoch = reports_per_epoch(args.val_check_interval)
     reports = per_epoch * args.epochs
+    first = first_prunable_report(args)
     return (
         f"{args.trials} trials per sweep, {args.epochs} epochs, {args.train_samples} training "
         f"rows, {args.val_samples} validation rows carved from train.csv, full test.csv (3,080 "
         "rows) for every completed trial; search space `sweeps/lora_rank_lr.yaml` (method.r, "
         "method.alpha, optim.lr), seeded TPE (seed 42) in its random start-up phase, so every "
         f"sweep samples the same {args.trials} trials. Median pruner: "
-        f"{args.pruner_startup} start-up trial(s), no pruning before report "
-        f"{max(1, args.pruner_warmup)}; Hyperband: min resource {max(1, args.pruner_warmup)} "
-        "report(s), "
+        f"{args.pruner_startup} start-up trial(s), no pruning before report {first}; Hyperband: "
+        f"min resource {first} report(s), "
         f"max {reports} reports, reduction factor 3. One report (val/acc) per validation, "
         f"{per_epoch} validation(s) per epoch, so {reports} reports per full trial."
     )
