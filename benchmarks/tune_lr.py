@@ -4,8 +4,9 @@
     python benchmarks/tune_lr.py [--methods full lora ...] [--train-samples 2000] [--epochs 2]
 
 For each method, tunelab's own sweep runner (`sweep=lr`) trains the method's recipe
-`experiments/<method>_minilm_banking77.yaml` at three learning rates: the recipe's lr (taken from
-the method's paper, see the recipe) and that lr divided and multiplied by `--factor`. Pruning is
+`experiments/<method>_minilm_banking77.yaml` at three learning rates: the recipe's lr and that lr
+divided and multiplied by `--factor`. The 2026-11-27 run started from the papers' lrs; the recipes
+now hold its winners, so a rerun searches around those. Pruning is
 off and the three points are enqueued, so every method gets the same three-point grid on the same
 reduced budget (training rows, epochs, seed and validation rows carved from train.csv). The lr
 with the best `val/acc` wins; the test set is never looked at. `qlora` takes LoRA's lr (same
