@@ -49,6 +49,7 @@ def sweep_args(args: argparse.Namespace, pruner: str, folder: Path) -> list[str]
         "sweep=lora_rank_lr",
         f"sweep.n_trials={args.trials}",
         f"sweep.n_startup_trials={args.trials}",
+        f"sweep.seed={args.seed}",
         f"sweep.pruner={pruner}",
         f"sweep.pruner_startup_trials={args.pruner_startup}",
         f"sweep.n_warmup_steps={args.pruner_warmup}",
@@ -102,11 +103,12 @@ def budget_text(args: argparse.Namespace) -> str:
         f"{args.trials} trials per sweep, {args.epochs} epochs, {args.train_samples} training "
         f"rows, {args.val_samples} validation rows carved from train.csv, full test.csv (3,080 "
         "rows) for every completed trial; search space `sweeps/lora_rank_lr.yaml` (method.r, "
-        "method.alpha, optim.lr), seeded TPE (seed 42) in its random start-up phase, so every "
-        f"sweep samples the same {args.trials} trials. Median pruner: "
-        f"{args.pruner_startup} start-up trial(s), no pruning before report {first}; Hyperband: "
-        f"min resource {first} report(s), "
-        f"max {reports} reports, reduction factor 3. One report (val/acc) per validation, "
+        f"method.alpha, optim.lr), seeded TPE (seed {args.seed}) in its random start-up phase, "
+        f"so every sweep samples the same {args.trials} trials. Median pruner: "
+        f"{args.pruner_startup} start-up trial(s), no pruning before report {first}; successive "
+        f"halving: first rung at report {first}, reduction factor 3; Hyperband: min resource "
+        f"{first} report(s), max {reports} reports, reduction factor 3. One report (val/acc) per "
+        "validation, "
         f"{per_epoch} validation(s) per epoch, so {reports} reports per full trial."
     )
 
@@ -158,6 +160,7 @@ def main() -> None:
     parser.add_argument("--train-samples", type=int, default=480)
     parser.add_argument("--val-samples", type=int, default=308)
     parser.add_argument("--val-check-interval", type=float, default=1.0, help="epoch fraction")
+    parser.add_argument("--seed", type=int, default=42, help="TPE seed: which random trials")
     parser.add_argument("--pruner-startup", type=int, default=1)
     parser.add_argument(
         "--pruner-warmup", type=int, default=0, help="first report a trial may be pruned at"

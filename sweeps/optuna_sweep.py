@@ -99,16 +99,28 @@ def make_sampler(space: SweepConfig, offset: int) -> optuna.samplers.BaseSampler
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=space.n_startup_trials)
 
 
-def make_pruner(space: SweepConfig, run: RunConfig) -> optuna.pruners.BasePruner:
-    """Median or Hyperband pruning over validations (step k = after the k-th one), or none."""
+def make_pruner(space: SweepConfig, max_resource: int | str) -> optuna.pruners.BasePruner:
+    """Median, successive-halving (ASHA) or Hyperband pruning over validations, or none.
+
+    Args:
+        space: the sweep settings (`pruner` and its keys).
+        max_resource: validations in a full trial (`max_reports`), Hyperband's top rung.
+
+    Returns:
+        The pruner; its step k means "after the k-th validation".
+    """
     if space.pruner == "median":
         return optuna.pruners.MedianPruner(
             n_startup_trials=space.pruner_startup_trials, n_warmup_steps=space.n_warmup_steps
         )
+    if space.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=space.min_resource, reduction_factor=space.reduction_factor
+        )
     if space.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=space.min_resource,
-            max_resource=max_reports(run),
+            max_resource=max_resource,
             reduction_factor=space.reduction_factor,
         )
     return optuna.pruners.NopPruner()
@@ -129,7 +141,7 @@ def load_study(space: SweepConfig, run: RunConfig) -> optuna.Study:
         study_name=space.study_name or run.name,
         storage=make_storage(space.storage),
         direction=space.direction,
-        pruner=make_pruner(space, run),
+        pruner=make_pruner(space, max_reports(run)),
         load_if_exists=True,
     )
     study.sampler = make_sampler(space, len(study.trials))

@@ -86,7 +86,7 @@ class SweepConfig(Strict):
     sampler: Literal["tpe", "random"] = "tpe"
     n_startup_trials: Annotated[int, Field(ge=0)] = 5
     seed: Annotated[int, Field(ge=0)] | None = 42
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"
     pruner_startup_trials: Annotated[int, Field(ge=0)] = 2
     n_warmup_steps: Annotated[int, Field(ge=0)] = 0
     min_resource: PositiveInt = 1
