@@ -23,6 +23,7 @@ import optuna
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the repo is run from its root, not installed
 
+from benchmarks.sweep_pruning import goal_verdict  # noqa: E402
 from sweeps.optuna_sweep import make_pruner  # noqa: E402
 from sweeps.space import SweepConfig  # noqa: E402
 
@@ -68,9 +69,18 @@ def replay(source: optuna.Study, pruner: optuna.pruners.BasePruner, name: str) -
     return rows
 
 
+def full_reports(source: optuna.Study) -> int:
+    """Reports (validations) of a full trial: the longest recorded curve."""
+    return max(len(t.intermediate_values) for t in source.trials)
+
+
+def recorded_test_acc(trial: optuna.trial.FrozenTrial) -> float | None:
+    """The test accuracy the sweep recorded for a finished trial, if any."""
+    return trial.user_attrs.get("test_metrics", {}).get("test/acc")
+
+
 def summarise(source: optuna.Study, rows: list[dict]) -> dict:
     """Best kept value, its recorded test acc, share of the unpruned steps and trial states."""
-    full_reports = max(len(t.intermediate_values) for t in source.trials)
     kept = [r for r in rows if r["value"] is not None]
     best = (
         max(kept, key=lambda r: r["value"])
@@ -80,9 +90,9 @@ def summarise(source: optuna.Study, rows: list[dict]) -> dict:
     best_trial = source.trials[best["number"]]
     return {
         "best_val": best["value"],
-        "best_test": best_trial.user_attrs.get("test_metrics", {}).get("test/acc"),
+        "best_test": recorded_test_acc(best_trial),
         "best_params": best_trial.params,
-        "share": sum(r["reports"] for r in rows) / (full_reports * len(rows)),
+        "share": sum(r["reports"] for r in rows) / (full_reports(source) * len(rows)),
         "complete": len(kept),
         "pruned": len(rows) - len(kept),
     }
@@ -95,9 +105,7 @@ def percent(value: float | None) -> str:
 
 def to_markdown(source: optuna.Study, results: dict[str, dict], command: str) -> str:
     """One row per pruner setting, the unpruned sweep first."""
-    best_plain = source.best_trial
-    plain = best_plain.value
-    plain_test = best_plain.user_attrs.get("test_metrics", {}).get("test/acc")
+    plain, plain_test = source.best_value, recorded_test_acc(source.best_trial)
     lines = [
         f"Replay of `{source.study_name}` ({len(source.trials)} trials). Command: `{command}`",
         "",
@@ -109,7 +117,7 @@ def to_markdown(source: optuna.Study, results: dict[str, dict], command: str) ->
     ]
     for name, res in results.items():
         gap = 100 * (plain - res["best_val"])
-        goal = "met" if gap <= 0.5 and res["share"] <= 0.40 else "missed"
+        goal = goal_verdict(gap, res["share"])
         lines.append(
             f"| `{name}` | {100 * res['best_val']:.2f} | {gap:+.2f} | "
             f"{percent(res['best_test'])} | "
@@ -128,10 +136,9 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     source = optuna.load_study(study_name=args.study, storage=args.storage)
-    full_reports = max(len(t.intermediate_values) for t in source.trials)
     results = {}
     for setting in args.pruner:
-        pruner = make_pruner(parse_setting(setting), full_reports)
+        pruner = make_pruner(parse_setting(setting), full_reports(source))
         rows = replay(source, pruner, name=f"{args.study}_replay_{setting}")
         results[setting] = summarise(source, rows)
     command = "python benchmarks/replay_pruners.py " + " ".join(sys.argv[1:])
