@@ -57,8 +57,14 @@ def main(argv: list[str]) -> int:
     from tunelab.validate import load_config
 
     print_only = "--cfg" in argv
+    args = [arg for arg in argv if arg != "--cfg"]
     try:
-        cfg, run = load_config([arg for arg in argv if arg != "--cfg"])
+        if any(a.lstrip("+").startswith("sweep=") for a in args):
+            from sweeps.space import load_sweep_config
+
+            cfg, run, space = load_sweep_config(args)
+        else:
+            cfg, run = load_config(args)
         if print_only:
             from omegaconf import OmegaConf
 
@@ -67,7 +73,7 @@ def main(argv: list[str]) -> int:
         if run.sweep is not None:
             from sweeps.optuna_sweep import run_sweep
 
-            run_sweep(cfg, run)
+            run_sweep(args, cfg, run, space)
         else:
             from tunelab.report import run_and_report
 

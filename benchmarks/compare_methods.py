@@ -33,10 +33,13 @@ from typing_extensions import override
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
-ORDER = ["full", "freeze", "lora", "dora", "qlora", "ia3", "adapter", "prefix", "prompt"]
-ORDER += ["ptuning", "distill"]
 COLUMNS = ["method", "lr", "test_acc", "test_f1", "trainable_params", "total_params"]
 COLUMNS += ["trainable_pct", "peak_rss_mb", "train_samples_per_s", "wall_time_s", "run_id"]
+
+
+def order(method: str) -> tuple[int, str]:
+    """Sort key: `full` first (distillation's teacher), `distill` last, the rest by name."""
+    return ({"full": 0, "distill": 2}.get(method, 1), method)
 
 
 def available_methods() -> list[str]:
@@ -45,7 +48,7 @@ def available_methods() -> list[str]:
         p.name.removesuffix("_minilm_banking77.yaml")
         for p in (REPO / "experiments").glob("*_minilm_banking77.yaml")
     }
-    return [m for m in ORDER if m in found] + sorted(found - set(ORDER))
+    return sorted(found, key=order)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -234,10 +237,9 @@ def previous_rows(args: argparse.Namespace) -> list[dict]:
 
 
 def merge(rows: list[dict], row: dict) -> list[dict]:
-    """`rows` with `row` replacing the row of the same method, in `ORDER`."""
+    """`rows` with `row` replacing the row of the same method, in `order`."""
     kept = [r for r in rows if r["method"] != row["method"]] + [row]
-    rank = {m: i for i, m in enumerate(ORDER)}
-    return sorted(kept, key=lambda r: rank.get(r["method"], len(ORDER)))
+    return sorted(kept, key=lambda r: order(r["method"]))
 
 
 def main(argv: list[str] | None = None) -> int:

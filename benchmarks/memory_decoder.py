@@ -4,10 +4,10 @@
 
 A random-init Mistral (hidden 1024, 28 layers, GQA 16/8 heads, MLP 4096, vocab 32000: ~0.5B
 parameters) is saved once in bf16 to `--model-dir`, then each method runs in a fresh subprocess:
-load through the method's own module (`modules.full`, `modules.lora`, `modules.qlora`, fp32
-compute), then `--steps` AdamW steps on random tokens (batch 1). Peak RSS is
-`resource.getrusage(RUSAGE_SELF).ru_maxrss` of that subprocess; a psutil sampler also splits it
-into the load phase and the training phase. Writes `benchmarks/results/memory_decoder.{md,json}`.
+load through tunelab's module (`method=full`, `method=lora`, and lora on a
+`model.quantize=nf4` base, fp32 compute), then `--steps` AdamW steps on random tokens (batch 1).
+Peak RSS is `resource.getrusage(RUSAGE_SELF).ru_maxrss` of that subprocess; a psutil sampler
+also splits it into the load phase and the training phase. Writes `benchmarks/results/memory_decoder.{md,json}`.
 """
 
 from __future__ import annotations
@@ -24,28 +24,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from the repository, nothing installed
-METHODS = {
-    "full": {"_target_": "modules.full.FullFineTune", "name": "full"},
-    "lora": {
-        "_target_": "modules.lora.LoraFineTune",
-        "name": "lora",
-        "r": 16,
-        "alpha": 32,
-        "dropout": 0.0,
-        "target_modules": "all-linear",
-    },
-    "qlora": {
-        "_target_": "modules.qlora.QLoraFineTune",
-        "name": "qlora",
-        "r": 16,
-        "alpha": 32,
-        "dropout": 0.0,
-        "target_modules": "all-linear",
-        "quantize": "nf4",
-        "double_quant": True,
-        "compute_dtype": "float32",
-    },
-}
+# The three set-ups measured: (method YAML, its fields, model.quantize).
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+METHODS = {"full": ("full", {}, None), "lora": ("lora", LORA, None), "qlora": ("lora", LORA, "nf4")}
 SIZE = {
     "hidden": 1024,
     "layers": 28,
@@ -82,7 +63,7 @@ def build_model(folder: Path, arch: str) -> int:
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    from tunelab.tiny_models import decoder_config
+    from tools.tiny_models import decoder_config
 
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=_dummy_tokenizer())
     tokenizer.add_special_tokens({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"})
@@ -106,6 +87,11 @@ def worker(method: str, folder: Path, steps: int, seq: int, checkpointing: bool)
     """Load the model through the method's module and train `steps` steps; measure memory."""
     import torch
     from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from tunelab.config import GROUP_DIRS
+    from tunelab.schema import ModelConfig, OptimConfig
+    from tunelab.validate import check_plugin
 
     sampler = PeakSampler()
     torch.manual_seed(0)
@@ -115,10 +101,15 @@ def worker(method: str, folder: Path, steps: int, seq: int, checkpointing: bool)
         "max_length": seq,
         "dtype": "float32",
         "gradient_checkpointing": checkpointing,
+        "quantize": METHODS[method][2],
     }
-    cfg = METHODS[method]
+    name, fields, _ = METHODS[method]
+    raw = OmegaConf.to_container(OmegaConf.load(GROUP_DIRS["method"] / f"{name}.yaml"))
+    config = check_plugin("method", raw | fields, [])
     started = time.perf_counter()
-    module = get_class(cfg["_target_"])(cfg, model_cfg, {"lr": 1e-4})
+    module = get_class(config.lightning_module)(
+        config, ModelConfig.model_validate(model_cfg), OptimConfig(lr=1e-4)
+    )
     load_s, load_peak = time.perf_counter() - started, sampler.reset()
     trainable, total = module.parameter_counts
     params = [p for p in module.model.parameters() if p.requires_grad]

@@ -29,7 +29,10 @@ import optuna
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the repo is run from its root, not installed
-METHODS = ["full", "freeze", "lora", "dora", "ia3", "adapter", "prefix", "prompt", "ptuning"]
+# Every method YAML but distillation (it needs a trained teacher first).
+METHODS = [
+    p.stem for p in sorted((REPO / "configs" / "method").glob("*.yaml")) if p.stem != "distill"
+]
 
 
 def recipe_lr(method: str) -> float:

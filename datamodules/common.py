@@ -1,15 +1,13 @@
-"""Plain functions every datamodule shares: find the data, load it, check it, split it."""
+"""Plain functions the loaders and datamodules share: find the data, load it, check it, split it."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import torch
 from datasets import Dataset, DatasetDict, load_dataset
-from torch.utils.data import Sampler
 
+from datamodules.labels import encode_labels, label_names
 from tunelab.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -105,14 +103,56 @@ def load_source(path: str, root: str, hub_id: str | None) -> DatasetDict:
 
 
 def add_eval_splits(
-    data: DatasetDict, val_size: float, test_size: float, seed: int, stratify: str | None
+    data: DatasetDict, val_size: float, test_size: float | None, seed: int, stratify: str | None
 ) -> DatasetDict:
     """Carve a test split, then a validation split, off train when the source has none."""
     if "test" not in data:
+        if test_size is None:
+            raise DataError(f"the source has no test split (only {sorted(data)})")
         data["train"], data["test"] = carve(data["train"], test_size, seed, stratify)
     if "validation" not in data:
         data["train"], data["validation"] = carve(data["train"], val_size, seed, stratify)
     return data
+
+
+def text_and_label(data: DatasetDict, text_column: str, label_column: str) -> DatasetDict:
+    """Only the known splits and the two columns, renamed `text` and `label` (checked first)."""
+    data = DatasetDict({s: d for s, d in data.items() if s in SPLIT_ALIASES})
+    check_columns(data, [text_column, label_column], ["text_column", "label_column"])
+    renames = {text_column: "text", label_column: "label"}
+    renames = {old: new for old, new in renames.items() if old != new}
+    return DatasetDict(
+        {
+            s: d.select_columns([text_column, label_column]).rename_columns(renames)
+            for s, d in data.items()
+        }
+    )
+
+
+def classification_splits(
+    data: DatasetDict,
+    names: list[str] | None,
+    val_size: float,
+    test_size: float | None,
+    seed: int,
+) -> tuple[DatasetDict, list[str]]:
+    """Train/validation/test of a `text`/`label` source, and its class names.
+
+    Labels become `ClassLabel` ids first (so errors name the row of the source split and the
+    carving can stratify), then a missing test, then validation split is carved off train.
+
+    Args:
+        data: the source splits (columns `text` and `label`).
+        names: the class names in id order, or None to take them from the train split.
+        val_size: fraction or row count of train carved for validation when there is none.
+        test_size: the same for test; None when the source must have its own test split.
+        seed: the seed of the carving.
+    """
+    check_not_empty(data)
+    names = names or label_names(data, "label")
+    data = encode_labels(data, "label", names, into="label")
+    data = add_eval_splits(data, val_size, test_size, seed, "label")
+    return DatasetDict({s: data[s] for s in ("train", "validation", "test")}), names
 
 
 def check_columns(data: DatasetDict, columns: list[str], keys: list[str]) -> None:
@@ -161,52 +201,3 @@ def load_tokenizer(name_or_path: str):
             f"{str(err).splitlines()[0]}\nFix: a local model folder with tokenizer files, or a "
             "reachable Hugging Face Hub id"
         ) from err
-
-
-class LengthGroupedBatches(Sampler[int]):
-    """Training order whose batches hold texts of similar length, the batches in random order.
-
-    transformers' `LengthGroupedSampler` draws random megabatches of 50 batches and sorts each by
-    length; this cuts its order into batches and shuffles them over the whole epoch, so the model
-    does not see a long-to-short run inside every megabatch. A short last batch stays last (the
-    loader cuts batches from consecutive indices). The torch RNG, seeded by the run, draws a new
-    order every epoch.
-
-    Args:
-        lengths: token count of every row.
-        batch_size: the loader's batch size.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int):
-        self.lengths, self.batch_size = lengths, batch_size
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[int]:
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
-        order = list(LengthGroupedSampler(self.batch_size, lengths=self.lengths))
-        size = self.batch_size
-        full = len(order) // size * size
-        batches = [order[i : i + size] for i in range(0, full, size)]
-        for b in torch.randperm(len(batches)).tolist():
-            yield from batches[b]
-        yield from order[full:]
-
-
-def length_grouped_sampler(ds: Dataset, batch_size: int, shuffle: bool) -> Iterable[int]:
-    """Indices that put texts of similar token length in the same batch.
-
-    Training: `LengthGroupedBatches` (random, grouped). Evaluation order changes no metric, so
-    it is simply sorted by length.
-
-    Args:
-        ds: a tokenised split with an `input_ids` column.
-        batch_size: the loader's batch size.
-        shuffle: training (random, grouped) or evaluation (sorted).
-    """
-    lengths = [len(ids) for ids in ds["input_ids"]]
-    if not shuffle:
-        return sorted(range(len(lengths)), key=lengths.__getitem__)
-    return LengthGroupedBatches(lengths, batch_size)

@@ -18,8 +18,12 @@ def label_names(data: DatasetDict, column: str) -> list[str]:
     return sorted(str(v) for v in values)
 
 
-def encode_labels(data: DatasetDict, column: str, names: list[str]) -> DatasetDict:
-    """Replace `column` by a `labels` column of ids in `range(len(names))`, checking every row.
+def encode_labels(
+    data: DatasetDict, column: str, names: list[str], into: str = "labels"
+) -> DatasetDict:
+    """Replace `column` by a `ClassLabel` column `into` of ids in `range(len(names))`.
+
+    Every row is checked; row numbers in errors are positions in the splits as given.
 
     Raises:
         DataError: for a label that is not one of `names` or an integer id out of range.
@@ -45,6 +49,6 @@ def encode_labels(data: DatasetDict, column: str, names: list[str]) -> DatasetDi
                 f"set has {len(names)} classes ({shown}) and {len(bad)} row(s) fall outside it. "
                 "Fix the data, or its label list."
             )
-        ds = ds.remove_columns(column).add_column("labels", ids)
-        encoded[split] = ds.cast_column("labels", ClassLabel(names=names))
+        ds = ds.remove_columns(column).add_column(into, ids)
+        encoded[split] = ds.cast_column(into, ClassLabel(names=names))
     return DatasetDict(encoded)

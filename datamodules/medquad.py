@@ -5,11 +5,11 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
+from typing import Annotated
 
-from typing_extensions import override
+from pydantic import Field
 
-from datamodules import common
-from datamodules.instruction import InstructionDataModule, Record
+from datamodules.families import InstructionData, Record
 from tunelab.errors import DataError
 
 FOLDERS = ("5_NIDDK_QA", "6_NINDS_QA")
@@ -23,8 +23,9 @@ def normalise(text: str | None) -> str:
 def read_medquad(folder: Path, folders: tuple[str, ...] | list[str] = FOLDERS) -> list[Record]:
     """Every answered QA pair of the XML files in `folder/<each of folders>/`.
 
-    Each record has `question`, `answer`, `file` (the document, for splitting), `focus` and
-    `qtype`. Pairs with an empty answer (upstream removed some for copyright) are skipped.
+    Each record has `question`, `answer`, `file` (the document, for splitting), `pid` (the
+    pair's id in it), `focus` and `qtype`. Pairs with an empty answer (upstream removed some for
+    copyright) are skipped.
     """
     pairs = []
     for name in folders:
@@ -43,6 +44,7 @@ def read_medquad(folder: Path, folders: tuple[str, ...] | list[str] = FOLDERS) -
                         "question": normalise(question.text),
                         "answer": answer,
                         "file": f"{name}/{path.name}",
+                        "pid": pair.get("pid", ""),
                         "focus": focus,
                         "qtype": question.get("qtype", ""),
                     }
@@ -58,31 +60,42 @@ def split_of(file: str, val_size: float, test_size: float) -> str:
     return "validation" if bucket < test_size + val_size else "train"
 
 
-class MedQuadDataModule(InstructionDataModule):
+class MedQuAD(InstructionData):
     """MedQuAD XML folders under `<root>/<path>` -> question (instruction) -> answer (response).
 
     The split is by document (XML file) so that answers about one focus topic never leak between
-    train and test; `val_size` and `test_size` are fractions of documents.
+    train and test; `val_size` and `test_size` are fractions of documents, assigned by a hash of
+    the file name (the same split on every machine, whatever the seed). Each record's `row` is
+    `<folder>/<file> QAPair <pid>`.
 
-    Args:
+    Attributes:
+        root: the data root (`TUNELAB_DATA_DIR`).
+        path: the MedQuAD folder, under `root` when relative.
         folders: the MedQuAD collections to read (default NIDDK and NINDS).
-        **kwargs: the `InstructionDataModule` arguments.
+        val_size: fraction of documents for validation.
+        test_size: fraction of documents for test.
     """
 
-    def __init__(self, *, folders: list[str] | tuple[str, ...] = FOLDERS, **kwargs):
-        super().__init__(**kwargs)
-        self.save_hyperparameters(logger=False)
+    root: str = "data"
+    path: str = "medquad"
+    folders: list[str] = Field(default=list(FOLDERS), min_length=1)
+    val_size: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.1
 
-    @override
-    def load_records(self) -> dict[str, list[Record]]:
-        hp = self.hparams
-        folder = common.require_local(hp.path, hp.root)
-        if not 0 < hp.val_size < 1 or not 0 < hp.test_size < 1:
-            raise DataError("medquad: data.val_size and data.test_size are fractions of files")
+    def load(self, seed: int) -> dict[str, list[Record]]:
+        """Question -> answer records, split by document."""
+        from datamodules import common
+
+        folder = common.require_local(self.path, self.root)
         records: dict[str, list[Record]] = {"train": [], "validation": [], "test": []}
-        for pair in read_medquad(folder, tuple(hp.folders)):
-            split = split_of(pair["file"], hp.val_size, hp.test_size)
+        for pair in read_medquad(folder, tuple(self.folders)):
+            split = split_of(pair["file"], self.val_size, self.test_size)
             records[split].append(
-                {"instruction": pair["question"], "input": "", "response": pair["answer"]}
+                {
+                    "instruction": pair["question"],
+                    "input": "",
+                    "response": pair["answer"],
+                    "row": f"{pair['file']} QAPair {pair['pid']}",
+                }
             )
         return records

@@ -6,10 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from typing_extensions import override
-
-from datamodules import common
-from datamodules.instruction import InstructionDataModule, Record
+from datamodules.families import InstructionData, Record, SplitSize
 from tunelab.errors import DataError
 
 # The only fields read from `ori_pqal.json`; the annotators' `reasoning_*_pred` labels are
@@ -44,34 +41,43 @@ def read_pubmedqa(folder: Path) -> tuple[list[Record], list[Record]]:
     return pool, test
 
 
-class PubMedQADataModule(InstructionDataModule):
+class PubMedQA(InstructionData):
     """PubMedQA: instruction = question, input = labelled abstract sections, response = long answer.
 
     The 500 PMIDs of `test_ground_truth.json` are the test split; validation is a seeded random
-    `val_size` share of the other 500.
+    `val_size` share of the other 500. Each record's `row` is `PMID <pmid>` (its key in
+    `ori_pqal.json`).
 
-    Args:
+    Attributes:
+        root: the data root (`TUNELAB_DATA_DIR`).
+        path: the folder holding `ori_pqal.json` and `test_ground_truth.json`.
         append_decision: end the response with `Answer: yes|no|maybe` (the gold decision).
-        **kwargs: the `InstructionDataModule` arguments.
+        val_size: rows (or a fraction < 1) of the 500 non-test PMIDs held out for validation.
     """
 
-    def __init__(self, *, append_decision: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.save_hyperparameters(logger=False)
+    root: str = "data"
+    path: str = "pubmedqa"
+    append_decision: bool = True
+    val_size: SplitSize = 50
 
     def _example(self, record: Record) -> Record:
         response = record["answer"]
-        if self.hparams.append_decision:
+        if self.append_decision:
             response = f"{response}\nAnswer: {record['decision']}"
-        return {"instruction": record["question"], "input": record["context"], "response": response}
+        return {
+            "instruction": record["question"],
+            "input": record["context"],
+            "response": response,
+            "row": f"PMID {record['pmid']}",
+        }
 
-    @override
-    def load_records(self) -> dict[str, list[Record]]:
-        hp = self.hparams
-        folder = common.require_local(hp.path, hp.root)
-        pool, test = read_pubmedqa(folder)
-        random.Random(hp.seed).shuffle(pool)
-        n_val = int(hp.val_size) if hp.val_size >= 1 else round(hp.val_size * len(pool))
+    def load(self, seed: int) -> dict[str, list[Record]]:
+        """Train/validation from the non-test PMIDs (seeded shuffle), test = the test PMIDs."""
+        from datamodules import common
+
+        pool, test = read_pubmedqa(common.require_local(self.path, self.root))
+        random.Random(seed).shuffle(pool)
+        n_val = int(self.val_size) if self.val_size >= 1 else round(self.val_size * len(pool))
         return {
             "train": [self._example(r) for r in pool[n_val:]],
             "validation": [self._example(r) for r in pool[:n_val]],

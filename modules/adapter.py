@@ -1,10 +1,10 @@
 """Houlsby-style bottleneck adapters (Houlsby et al. 2019), written here in ~100 lines.
 
 AdapterHub's `adapters` package pins transformers ~=4.57 and tunelab runs on transformers 5.x,
-so tunelab inserts its own adapters: a `Bottleneck` (down-projection, nonlinearity, zero-initialised
-up-projection, residual) is attached to each target linear layer (BERT: the attention output and
-the feed-forward output projections, before their residual + LayerNorm, as in the paper) and
-applied by a forward hook. The base weights keep their names and stay frozen; adapters, the
+so tunelab inserts its own adapters: a bottleneck (down-projection, nonlinearity,
+zero-initialised up-projection), added residually after each target linear layer (BERT: the
+attention output and the feed-forward output projections, before their residual + LayerNorm,
+as in the paper) by a forward hook. The base weights keep their names and stay frozen; adapters, the
 classification head and optionally the LayerNorms train. The export is that trained state dict
 (`adapter_model.safetensors`) plus `adapter_config.json`; `load_adapter_export` rebuilds the model.
 """
@@ -13,85 +13,80 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
-from typing_extensions import override
+from modules.targets import check_targets
+from tunelab.schema import MethodConfig, ModelConfig, ModelProbe, PositiveInt
 
-from modules import tasks
-from modules.base import FineTuneModule
-from modules.blocks import is_head
-
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 
 
-class Bottleneck(nn.Module):
-    """`h + up(act(down(h)))`; `up` starts at zero, so a new adapter is the identity."""
+def bottleneck(hidden: int, size: int, activation: str) -> Any:
+    """`down -> act -> up`; `up` starts at zero, so a new adapter adds nothing at first."""
+    from torch import nn
 
-    def __init__(self, hidden: int, bottleneck: int, activation: str = "gelu"):
-        super().__init__()
-        self.down = nn.Linear(hidden, bottleneck)
-        self.act = ACTIVATIONS[activation]()
-        self.up = nn.Linear(bottleneck, hidden)
-        nn.init.normal_(self.down.weight, std=1e-2)
-        nn.init.zeros_(self.down.bias)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    @override
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden + self.up(self.act(self.down(hidden)))
+    activations = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+    down, up = nn.Linear(hidden, size), nn.Linear(size, hidden)
+    nn.init.normal_(down.weight, std=1e-2)
+    nn.init.zeros_(down.bias)
+    nn.init.zeros_(up.weight)
+    nn.init.zeros_(up.bias)
+    return nn.Sequential(down, activations[activation](), up)
 
 
-def _run_adapter(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-    """Forward hook: pass the wrapped layer's output through its adapter."""
-    return module.adapter(output)
+def _run_adapter(module: Any, inputs: Any, output: Any) -> Any:
+    """Forward hook: add the adapter's output to the wrapped layer's (the residual)."""
+    return output + module.adapter(output)
 
 
-def add_adapters(model: nn.Module, method: dict[str, Any], task: str) -> nn.Module:
-    """Attach a bottleneck to every linear layer whose name ends with a `method.target_modules`.
+def add_adapters(model: Any, method: AdapterMethod, task: str) -> Any:
+    """Attach a bottleneck to every linear layer whose name ends with a `target_modules` entry.
 
     Freezes the model, then unfreezes the adapters, the classification head and (with
-    `method.train_layer_norms`) every LayerNorm.
-
-    Raises:
-        ValueError: when no linear layer matches `method.target_modules`.
+    `train_layer_norms`) every LayerNorm.
     """
+    from torch import nn
+
+    from modules.blocks import is_head
+    from tunelab.tasks import TASKS
+
     model.requires_grad_(False)
-    targets = tuple(f".{t}" for t in method["target_modules"])
+    targets = tuple(f".{t}" for t in method.target_modules)
     matched = [
         m
         for n, m in model.named_modules()
         if isinstance(m, nn.Linear) and f".{n}".endswith(targets)
     ]
-    if not matched:
-        raise ValueError(f"no linear layer matches method.target_modules={targets}")
     for linear in matched:
-        size = method["bottleneck_size"] or linear.out_features // method["reduction_factor"]
-        linear.adapter = Bottleneck(linear.out_features, size, method["activation"])
+        size = method.bottleneck_size or linear.out_features // method.reduction_factor
+        linear.adapter = bottleneck(linear.out_features, size, method.activation)
         linear.register_forward_hook(_run_adapter)
+    has_head = TASKS[task].has_labels
     for name, param in model.named_parameters():
-        layer_norm = method["train_layer_norms"] and ("LayerNorm" in name or "layer_norm" in name)
-        head = task == "sequence_classification" and is_head(name, model)
+        layer_norm = method.train_layer_norms and ("LayerNorm" in name or "layer_norm" in name)
+        head = has_head and is_head(name, model)
         param.requires_grad = ".adapter." in name or layer_norm or head
     return model
 
 
-def load_adapter_export(folder: str | Path, name_or_path: str | None = None) -> nn.Module:
-    """Rebuild a model exported by `AdapterFineTune.export` (base model + trained tensors).
+def load_adapter_export(folder: str | Path, name_or_path: str | None = None) -> Any:
+    """Rebuild a model exported by `AdapterMethod.export` (base model + trained tensors).
 
     Args:
         folder: the export folder (`adapter_config.json`, `adapter_model.safetensors`).
         name_or_path: the base model, if it moved since training (default: the one recorded).
     """
+    from safetensors.torch import load_file
+
+    from modules.tasks import load_pretrained
+
     folder = Path(folder)
     saved = json.loads((folder / CONFIG_FILE).read_text())
-    model_cfg = saved["model"] | ({"name_or_path": name_or_path} if name_or_path else {})
-    model = tasks.load_pretrained(model_cfg, saved["labels"])
-    model = add_adapters(model, saved["method"], model_cfg["task"])
+    model_cfg = ModelConfig.model_validate(
+        saved["model"] | ({"name_or_path": name_or_path} if name_or_path else {})
+    )
+    model = load_pretrained(model_cfg, saved["labels"])
+    model = add_adapters(model, AdapterMethod.model_validate(saved["method"]), model_cfg.task)
     state = load_file(folder / WEIGHTS_FILE)
     missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(state)
     if missing:
@@ -100,23 +95,43 @@ def load_adapter_export(folder: str | Path, name_or_path: str | None = None) -> 
     return model.eval()
 
 
-class AdapterFineTune(FineTuneModule):
-    """Bottleneck adapters after the attention and feed-forward outputs of every layer."""
+class AdapterMethod(MethodConfig):
+    """Bottleneck adapters after the attention and feed-forward outputs of every layer.
 
-    @override
-    def adapt(self, model: nn.Module) -> nn.Module:
-        return add_adapters(model, self.hparams.method, self.task)
+    Attributes:
+        target_modules: linear layers followed by an adapter (name suffixes). BERT:
+            `attention.output.dense` (attention output), `output.dense` (FFN output);
+            Mistral/Llama: `o_proj`, `down_proj`.
+        reduction_factor: bottleneck width = hidden size // reduction_factor ...
+        bottleneck_size: ... unless given explicitly.
+        activation: the bottleneck's nonlinearity.
+        train_layer_norms: Houlsby et al. also train the LayerNorms.
+    """
 
-    @override
-    def export(self, folder: str | Path) -> Path:
-        folder = Path(folder)
+    target_modules: list[str] = ["attention.output.dense", "output.dense"]
+    reduction_factor: PositiveInt = 16
+    bottleneck_size: PositiveInt | None = None
+    activation: Literal["relu", "gelu", "tanh", "silu"] = "gelu"
+    train_layer_norms: bool = True
+
+    def check(self, probe: ModelProbe, task: str, problems: list[str]) -> None:
+        """Every target must name a linear layer of the model."""
+        check_targets(self.target_modules, probe, "method.target_modules", problems)
+
+    def adapt(self, model: Any, task: str) -> Any:
+        """Attach the bottlenecks and freeze everything else."""
+        return add_adapters(model, self, task)
+
+    def export(self, model: Any, folder: Path, base: ModelConfig, labels: list[str] | None) -> bool:
+        """The trained tensors and what rebuilds the model (`load_adapter_export`)."""
+        from safetensors.torch import save_file
+
         folder.mkdir(parents=True, exist_ok=True)
         trained = {
-            n: p.detach().contiguous() for n, p in self.model.named_parameters() if p.requires_grad
+            n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad
         }
         save_file(trained, folder / WEIGHTS_FILE)
-        hparams = self.hparams
-        saved = {"method": hparams.method, "model": hparams.model, "labels": hparams.labels}
+        saved = {"method": self.dump(), "model": base.model_dump(), "labels": labels}
         (folder / CONFIG_FILE).write_text(json.dumps(saved, indent=2))
-        self.model.config.save_pretrained(folder)
-        return folder
+        model.config.save_pretrained(folder)
+        return True

@@ -1,8 +1,9 @@
-"""The one shared LightningModule every fine-tuning method builds on.
+"""The one LightningModule every fine-tuning method runs in.
 
-A method subclass overrides `adapt` (turn the pretrained model into what trains: wrap it in a
-peft adapter, freeze layers, ...) and, rarely, `compute_loss`. Everything else (optimiser,
-schedule, metrics, logging, checkpoint contents, export) is shared here.
+A method is its config class (`tunelab.schema.MethodConfig`): its hooks load the base model
+when the method needs its own (`load_base`), turn it into what trains (`adapt`), give the
+objective (`loss`) and save the result (`export`). Optimiser, schedule, metrics, logging and
+checkpoint contents are shared here, so a method file holds only what makes it different.
 """
 
 from __future__ import annotations
@@ -12,54 +13,60 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 from typing_extensions import override
 
 from modules import tasks
+from tunelab.schema import MethodConfig, ModelConfig, OptimConfig
 
 
 class FineTuneModule(L.LightningModule):
     """Fine-tune a pretrained Hugging Face model with one method.
 
     Args:
-        method: the `method` config group (name and the method's hyperparameters).
-        model: the `model` config group (`name_or_path`, `task`, `max_length`, `dtype`).
-        optim: the `optim` config group (`lr`, `weight_decay`, `warmup_ratio`, `scheduler`).
+        method: the validated method config (its hooks are the method's code).
+        model: the `model` config group.
+        optim: the `optim` config group.
         labels: class names for classification tasks, in label-id order.
+        out_of_scope: the class reported apart (CLINC150's `oos`), if any.
     """
 
     def __init__(
         self,
-        method: dict[str, Any],
-        model: dict[str, Any],
-        optim: dict[str, Any],
+        method: MethodConfig,
+        model: ModelConfig,
+        optim: OptimConfig,
         labels: list[str] | None = None,
+        out_of_scope: str | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters(logger=False)
-        self.task = model["task"]
-        self.model = self.adapt(tasks.prepare_base(self.load_base(), model))
+        self.method, self.model_cfg, self.optim_cfg = method, model, optim
+        self.save_hyperparameters(
+            {
+                "method": method.dump(),
+                "model": model.model_dump(),
+                "optim": optim.model_dump(),
+                "labels": labels,
+                "out_of_scope": out_of_scope,
+            },
+            logger=False,
+        )
+        self.task = model.task
+        tasks.gate_bitsandbytes(model.quantize is not None)
+        self.oos = labels.index(out_of_scope) if labels and out_of_scope else None
+        self.model = method.adapt(tasks.prepare_base(self.load_base(), model), self.task)
         num_labels = len(labels or [])
-        self.val_metrics = tasks.build_metrics(self.task, num_labels, "val")
-        self.test_metrics = tasks.build_metrics(self.task, num_labels, "test")
+        self.val_metrics = tasks.build_metrics(self.task, num_labels, "val", self.oos)
+        self.test_metrics = tasks.build_metrics(self.task, num_labels, "test", self.oos)
         # Frozen base weights are rebuilt from `model.name_or_path`, so checkpoints hold only
         # what trains; loading them back is then non-strict.
         self.strict_loading = not self.saves_trainable_only
 
-    # ---------------------------------------------------------------- method hooks
-    def load_base(self) -> nn.Module:
-        """Load the pretrained model (methods that quantise or shrink it override this)."""
-        return tasks.load_pretrained(self.hparams.model, self.hparams.labels)
+    def load_base(self) -> torch.nn.Module:
+        """The pretrained model: the method's own (e.g. a teacher) or `model.name_or_path`."""
+        labels = self.hparams.labels
+        base = self.method.load_base(self.model_cfg, labels)
+        return base if base is not None else tasks.load_pretrained(self.model_cfg, labels)
 
-    def adapt(self, model: nn.Module) -> nn.Module:
-        """Turn the pretrained model into the trainable one (identity: full fine-tuning)."""
-        return model
-
-    def compute_loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The training objective (default: the model's own loss on `labels`)."""
-        return outputs.loss
-
-    # ---------------------------------------------------------------- shared logic
     @property
     def saves_trainable_only(self) -> bool:
         """Whether any weight is frozen (then checkpoints keep only trainable tensors)."""
@@ -74,23 +81,28 @@ class FineTuneModule(L.LightningModule):
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
 
+    def compute_loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The method's training objective for one batch."""
+        return self.method.loss(outputs, batch, self.task)
+
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         outputs = self.model(**batch)
         loss = self.compute_loss(outputs, batch) if stage == "train" else outputs.loss
         size = batch["labels"].shape[0]
+        train = stage == "train"
         self.log(
-            f"{stage}/loss",
-            loss,
-            prog_bar=True,
-            batch_size=size,
-            on_epoch=True,
-            on_step=stage == "train",
+            f"{stage}/loss", loss, prog_bar=True, batch_size=size, on_epoch=not train, on_step=train
         )
-        if stage != "train":
+        if not train:
             metrics = self.val_metrics if stage == "val" else self.test_metrics
-            tasks.update_metrics(self.task, metrics, outputs.logits, batch)
-            self.log_dict(metrics, prog_bar=stage == "val", batch_size=size)
+            tasks.update_metrics(self.task, metrics, outputs.logits, batch, self.oos)
         return loss
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        values = tasks.compute_metrics(metrics, self.oos)
+        self.log_dict(values, prog_bar=stage == "val")
+        metrics.reset()
 
     @override
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -103,29 +115,34 @@ class FineTuneModule(L.LightningModule):
         self._shared_step(batch, "val")
 
     @override
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    @override
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
 
     @override
     def configure_optimizers(self) -> dict[str, Any]:
         from transformers import get_scheduler
 
-        optim = self.hparams.optim
-        trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        optim = self.optim_cfg
+        trainable = [p for p in self.parameters() if p.requires_grad]
         groups = [  # no weight decay on biases and norms
-            {
-                "params": [p for _, p in trainable if p.ndim >= 2],
-                "weight_decay": optim["weight_decay"],
-            },
-            {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
+            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": optim.weight_decay},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]))
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        name = "constant_with_warmup" if optim["scheduler"] == "constant" else optim["scheduler"]
+        name = "constant_with_warmup" if optim.scheduler == "constant" else optim.scheduler
         scheduler = get_scheduler(
             name,
             optimizer,
-            num_warmup_steps=int(optim["warmup_ratio"] * total),
+            num_warmup_steps=int(optim.warmup_ratio * total),
             num_training_steps=total,
         )
         return {
@@ -144,5 +161,6 @@ class FineTuneModule(L.LightningModule):
     def export(self, folder: str | Path) -> Path:
         """Save the fine-tuned model (PEFT: adapter + trained head) in Hugging Face format."""
         folder = Path(folder)
-        self.model.save_pretrained(folder)
+        if not self.method.export(self.model, folder, self.model_cfg, self.hparams.labels):
+            self.model.save_pretrained(folder)
         return folder

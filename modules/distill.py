@@ -10,22 +10,17 @@ is in neither the optimiser nor the checkpoint; only the student is exported.
 
 from __future__ import annotations
 
-import copy
 import glob
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from typing_extensions import override
+from pydantic import Field, PrivateAttr, field_validator
 
-from modules import tasks
-from modules.base import FineTuneModule
-from modules.blocks import find_layers, replace_layers
 from tunelab.config import ConfigError
 from tunelab.errors import ModelLoadError
+from tunelab.schema import MethodConfig, ModelConfig, ModelProbe, PositiveInt, Probability
 
 
 def resolve_teacher(teacher: str, tracking_uri: str | None) -> Path:
@@ -56,7 +51,7 @@ def resolve_teacher(teacher: str, tracking_uri: str | None) -> Path:
     return Path(matches[-1])  # a glob such as outputs/full_x/*/export: the newest run
 
 
-def load_teacher(path: Path, model_cfg: dict[str, Any], labels: list[str] | None) -> nn.Module:
+def load_teacher(path: Path, model_cfg: ModelConfig, labels: list[str] | None) -> Any:
     """A plain HF model from an export folder (full/freeze) or a tunelab Lightning checkpoint.
 
     Raises:
@@ -64,18 +59,18 @@ def load_teacher(path: Path, model_cfg: dict[str, Any], labels: list[str] | None
         ConfigError: when the teacher's classes differ from the data's.
     """
     if path.suffix == ".ckpt":
-        from hydra.utils import get_class
+        from tunelab.checkpoint import load_module
 
-        hparams = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
-        module = get_class(hparams["method"]["_target_"]).load_from_checkpoint(path)
-        model = module.model
+        model = load_module(path).model
         if hasattr(model, "merge_and_unload"):
             try:
                 model = model.merge_and_unload()
             except (AttributeError, ValueError) as err:
                 raise ModelLoadError(f"method.teacher: cannot merge {path}: {err}") from err
     elif (path / "config.json").exists() and not (path / "adapter_config.json").exists():
-        model = tasks.load_pretrained({**model_cfg, "name_or_path": str(path)}, labels)
+        from modules.tasks import load_pretrained
+
+        model = load_pretrained(model_cfg.model_copy(update={"name_or_path": str(path)}), labels)
     else:
         raise ModelLoadError(
             f"method.teacher: {path} is not a full model export; give the export folder of a "
@@ -88,54 +83,102 @@ def load_teacher(path: Path, model_cfg: dict[str, Any], labels: list[str] | None
 
 
 def distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, task: str, method: dict
-) -> torch.Tensor:
+    student: Any, teacher: Any, labels: Any, causal: bool, temperature: float, alpha: float
+) -> Any:
     """`alpha * T^2 * KL(teacher_T || student_T)`, per example (classifier) or response token."""
-    if task == "causal_lm":  # logits at t predict token t+1; keep response tokens only
+    import torch.nn.functional as F
+
+    if causal:  # logits at t predict token t+1; keep response tokens only
         keep = labels[:, 1:] != -100
         student, teacher = student[:, :-1][keep], teacher[:, :-1][keep]
-    temperature = method["temperature"]
     soft = F.kl_div(
         F.log_softmax(student.float() / temperature, dim=-1),
         F.log_softmax(teacher.float() / temperature, dim=-1),
         log_target=True,
         reduction="batchmean",
     )
-    return method["alpha"] * temperature**2 * soft
+    return alpha * temperature**2 * soft
 
 
-class DistillFineTune(FineTuneModule):
-    """Train a `method.student_layers`-block student on the data and the teacher's logits."""
+class DistillMethod(MethodConfig):
+    """Train a `student_layers`-block student on the data and a frozen teacher's logits.
 
-    @override
-    def load_base(self) -> nn.Module:
-        method = self.hparams.method
-        path = resolve_teacher(method["teacher"], method.get("tracking_uri"))
-        return load_teacher(path, self.hparams.model, self.hparams.labels)
+    Attributes:
+        teacher: export folder of a full/freeze run (a glob picks the newest), its `.ckpt`, or
+            `mlflow:<run_id>` (that run's `model` artifact).
+        tracking_uri: where `mlflow:<run_id>` teachers are looked up.
+        student_layers: blocks kept, initialised from evenly spaced teacher blocks.
+        temperature: softening of both distributions.
+        alpha: weight of the distillation term; `1 - alpha` weights cross-entropy.
+    """
 
-    @override
-    def adapt(self, model: nn.Module) -> nn.Module:
-        teacher = model.eval().requires_grad_(False)
-        # Not a submodule: kept out of state_dict, the optimiser and `.train()`.
-        object.__setattr__(self, "teacher", teacher)
-        depth = len(find_layers(teacher)[1])
-        keep = self.hparams.method["student_layers"]
-        if keep >= depth:
-            raise ConfigError(
-                [f"method.student_layers: {keep} but the teacher has {depth}; use fewer"]
+    teacher: str = ""
+    tracking_uri: str | None = None
+    student_layers: PositiveInt = 3
+    temperature: Annotated[float, Field(gt=0)] = 2.0
+    alpha: Probability = 0.5
+    _teacher: Any = PrivateAttr(None)
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_given(cls, teacher: str) -> str:
+        if teacher in ("", "???"):
+            raise ValueError(
+                "method.teacher is required: an export folder, a .ckpt or mlflow:<run_id>"
             )
-        student = copy.deepcopy(teacher).requires_grad_(True)
+        return teacher
+
+    def check(self, probe: ModelProbe, task: str, problems: list[str]) -> None:
+        """A local teacher must exist and be deeper than the student."""
+        if self.teacher.startswith("mlflow:"):
+            return
+        matches = glob.glob(str(Path(self.teacher).expanduser()))
+        if not matches:
+            problems.append(
+                f"method.teacher: nothing at '{self.teacher}'; train a teacher first (e.g. python "
+                "run.py experiment=full_minilm_banking77) or point method.teacher at its export"
+            )
+            return
+        config = Path(max(matches, key=os.path.getmtime)) / "config.json"
+        depth = json.loads(config.read_text()).get("num_hidden_layers") if config.exists() else None
+        if depth is not None and self.student_layers >= depth:
+            problems.append(
+                f"method.student_layers: {self.student_layers} but the teacher has {depth}; "
+                f"use fewer than {depth}"
+            )
+
+    def load_base(self, model: ModelConfig, labels: list[str] | None) -> Any:
+        """The teacher: the model the student is cut from."""
+        return load_teacher(resolve_teacher(self.teacher, self.tracking_uri), model, labels)
+
+    def adapt(self, model: Any, task: str) -> Any:
+        """Keep the teacher aside (frozen, outside the module tree); return the student."""
+        import copy
+
+        from modules.blocks import find_layers, replace_layers
+
+        self._teacher = model.eval().requires_grad_(False)
+        depth = len(find_layers(model)[1])
+        if self.student_layers >= depth:
+            raise ConfigError(
+                [f"method.student_layers: {self.student_layers} but the teacher has {depth}"]
+            )
+        student = copy.deepcopy(model).requires_grad_(True)
+        keep = self.student_layers
         replace_layers(student, [i * depth // keep for i in range(keep)])
         return student
 
-    @override
-    def on_fit_start(self) -> None:
-        self.teacher.to(self.device)
+    def loss(self, outputs: Any, batch: dict[str, Any], task: str) -> Any:
+        """Soft targets from the teacher plus `(1 - alpha)` cross-entropy."""
+        import torch
 
-    @override
-    def compute_loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        from tunelab.tasks import TASKS
+
+        teacher = self._teacher.to(outputs.logits.device)
         with torch.no_grad():
-            teacher_logits = self.teacher(**batch).logits
-        method = self.hparams.method
-        soft = distillation_loss(outputs.logits, teacher_logits, batch["labels"], self.task, method)
-        return soft + (1 - method["alpha"]) * outputs.loss
+            teacher_logits = teacher(**batch).logits
+        causal = not TASKS[task].has_labels
+        soft = distillation_loss(
+            outputs.logits, teacher_logits, batch["labels"], causal, self.temperature, self.alpha
+        )
+        return soft + (1 - self.alpha) * outputs.loss

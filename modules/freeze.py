@@ -1,31 +1,20 @@
-"""Partial fine-tuning: only the top `method.trainable_layers` blocks and the head train."""
+"""Partial fine-tuning: only the top `trainable_layers` blocks, what is above them, the head."""
 
 from __future__ import annotations
 
-from torch import nn
-from typing_extensions import override
+from typing import Any
 
-from modules.base import FineTuneModule
-from modules.blocks import find_layers, is_embedding
-from tunelab.config import ConfigError
+from tunelab.schema import MethodConfig, ModelProbe, PositiveInt
 
 
-def freeze_bottom(model: nn.Module, trainable_layers: int) -> nn.Module:
+def freeze_bottom(model: Any, trainable_layers: int) -> Any:
     """Freeze the embeddings and every block below the top `trainable_layers` blocks.
 
     What sits above the blocks (BERT's pooler, a decoder's final norm, the task head) trains.
-
-    Raises:
-        ConfigError: when `trainable_layers` exceeds the model's number of blocks.
     """
+    from modules.blocks import find_layers, is_embedding
+
     name, layers = find_layers(model)
-    if trainable_layers > len(layers):
-        raise ConfigError(
-            [
-                f"method.trainable_layers: {trainable_layers} but the model has only "
-                f"{len(layers)} layers; use at most {len(layers)} (or method=full)"
-            ]
-        )
     first_trained = len(layers) - trainable_layers
     frozen_blocks = {f"{name}.{i}." for i in range(first_trained)}
     for param_name, param in model.named_parameters():
@@ -34,9 +23,23 @@ def freeze_bottom(model: nn.Module, trainable_layers: int) -> nn.Module:
     return model
 
 
-class FreezeFineTune(FineTuneModule):
-    """Top-k layer fine-tuning; checkpoints keep only the trained blocks and head."""
+class FreezeMethod(MethodConfig):
+    """Top-k layer fine-tuning; checkpoints keep only the trained blocks and head.
 
-    @override
-    def adapt(self, model: nn.Module) -> nn.Module:
-        return freeze_bottom(model, self.hparams.method["trainable_layers"])
+    Attributes:
+        trainable_layers: how many of the top transformer blocks train.
+    """
+
+    trainable_layers: PositiveInt = 2
+
+    def check(self, probe: ModelProbe, task: str, problems: list[str]) -> None:
+        """The model must have at least `trainable_layers` blocks."""
+        if self.trainable_layers > probe.num_layers:
+            problems.append(
+                f"method.trainable_layers: {self.trainable_layers} but {probe.name_or_path} has "
+                f"only {probe.num_layers} layers; use at most {probe.num_layers} (or method=full)"
+            )
+
+    def adapt(self, model: Any, task: str) -> Any:
+        """Freeze all but the top blocks."""
+        return freeze_bottom(model, self.trainable_layers)

@@ -1,12 +1,9 @@
-"""Full fine-tuning: every weight of the pretrained model trains."""
+"""Full fine-tuning: every weight of the base model (and the task head) trains."""
 
 from __future__ import annotations
 
-from modules.base import FineTuneModule
+from tunelab.schema import MethodConfig
 
 
-class FullFineTune(FineTuneModule):
-    """All parameters train; checkpoints and exports hold the whole model.
-
-    The base `adapt` is already the identity, so this class only names the method.
-    """
+class FullMethod(MethodConfig):
+    """Every weight trains; the export is a whole Hugging Face model."""

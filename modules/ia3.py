@@ -1,29 +1,53 @@
 """(IA)^3 (Liu et al. 2022) through peft: learned vectors that rescale activations.
 
 Attention targets (keys, values) are scaled on their output; feed-forward targets on their input.
-Leaving `method.target_modules` / `method.feedforward_modules` null uses peft's per-architecture
-defaults (BERT: key, value, output.dense; Mistral: k_proj, v_proj, down_proj).
+Leaving `target_modules` / `feedforward_modules` null uses peft's per-architecture defaults
+(BERT: key, value, output.dense; Mistral: k_proj, v_proj, down_proj).
 """
 
 from __future__ import annotations
 
-from peft import IA3Config, get_peft_model
-from torch import nn
-from typing_extensions import override
+from typing import Any, ClassVar
 
-from modules import tasks
-from modules.base import FineTuneModule
+from pydantic import model_validator
+
+from modules.targets import check_targets
+from tunelab.schema import MethodConfig, ModelProbe
 
 
-class IA3FineTune(FineTuneModule):
-    """Rescaling vectors on the target modules; the classification head trains too."""
+class IA3Method(MethodConfig):
+    """Rescaling vectors on the target modules; the classification head trains too.
 
-    @override
-    def adapt(self, model: nn.Module) -> nn.Module:
-        method = self.hparams.method
+    Attributes:
+        target_modules: layers whose activations are rescaled (null: peft's defaults).
+        feedforward_modules: the subset of `target_modules` scaled on their input.
+    """
+
+    quantizable: ClassVar[bool] = True
+
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _feedforward_subset(self) -> IA3Method:
+        extra = set(self.feedforward_modules or []) - set(self.target_modules or [])
+        if self.target_modules is not None and extra:
+            raise ValueError(f"feedforward_modules {sorted(extra)} are not in target_modules")
+        return self
+
+    def check(self, probe: ModelProbe, task: str, problems: list[str]) -> None:
+        """Every target must name a linear layer of the model."""
+        check_targets(self.target_modules, probe, "method.target_modules", problems)
+
+    def adapt(self, model: Any, task: str) -> Any:
+        """Wrap `model` with peft (IA)^3 vectors."""
+        from peft import IA3Config, get_peft_model
+
+        from modules.tasks import peft_task_type
+
         config = IA3Config(
-            task_type=tasks.PEFT_TASK_TYPES[self.task],
-            target_modules=method["target_modules"],
-            feedforward_modules=method["feedforward_modules"],
+            task_type=peft_task_type(task),
+            target_modules=self.target_modules,
+            feedforward_modules=self.feedforward_modules,
         )
         return get_peft_model(model, config)

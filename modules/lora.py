@@ -1,34 +1,57 @@
-"""LoRA (Hu et al. 2021) through peft: low-rank updates on the target linear layers."""
+"""LoRA (Hu et al. 2021) and DoRA (Liu et al. 2024) through peft, on any base, quantised or not.
+
+LoRA trains low-rank updates `BA` of the target linear layers. `use_dora=true` re-parameterises
+each adapted weight as `m * (W + BA) / ||W + BA||` and also trains the per-channel magnitude `m`.
+On a base quantised by bitsandbytes (`model.quantize=nf4`) this is QLoRA (Dettmers et al. 2023).
+For classifiers peft's SEQ_CLS task type puts the new head in `modules_to_save`, so the adapter
+folder holds adapters plus head and reloads on the base model alone.
+"""
 
 from __future__ import annotations
 
-from peft import LoraConfig, get_peft_model
-from torch import nn
-from typing_extensions import override
+from typing import Annotated, Any, ClassVar, Literal
 
-from modules import tasks
-from modules.base import FineTuneModule
+from pydantic import Field
 
-
-def lora_config(method: dict, task: str, **extra: object) -> LoraConfig:
-    """The peft `LoraConfig` for a `method` group (shared by lora, dora and qlora)."""
-    return LoraConfig(
-        task_type=tasks.PEFT_TASK_TYPES[task],
-        r=method["r"],
-        lora_alpha=method["alpha"],
-        lora_dropout=method["dropout"],
-        target_modules=method["target_modules"],
-        **extra,
-    )
+from modules.targets import check_targets
+from tunelab.schema import MethodConfig, ModelProbe, PositiveInt, Probability
 
 
-class LoraFineTune(FineTuneModule):
-    """LoRA adapters on `method.target_modules`; for classifiers the new head trains too.
+class LoraMethod(MethodConfig):
+    """LoRA adapters on `target_modules`; the task head trains too.
 
-    peft's SEQ_CLS task type adds the classification head to `modules_to_save`, so the adapter
-    folder holds adapters plus head and reloads on the base model alone.
+    Attributes:
+        r: rank of the update.
+        alpha: scale numerator: the update is multiplied by `alpha / r`.
+        dropout: dropout on the adapter's input.
+        target_modules: linear layer names (suffixes), or `all-linear`.
+        use_dora: weight-decomposed LoRA (DoRA).
     """
 
-    @override
-    def adapt(self, model: nn.Module) -> nn.Module:
-        return get_peft_model(model, lora_config(self.hparams.method, self.task))
+    quantizable: ClassVar[bool] = True
+
+    r: PositiveInt = 8
+    alpha: Annotated[float, Field(gt=0)] = 16
+    dropout: Probability = 0.0
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    use_dora: bool = False
+
+    def check(self, probe: ModelProbe, task: str, problems: list[str]) -> None:
+        """Every target must name a linear layer of the model."""
+        check_targets(self.target_modules, probe, "method.target_modules", problems)
+
+    def adapt(self, model: Any, task: str) -> Any:
+        """Wrap `model` with peft LoRA (or DoRA) adapters."""
+        from peft import LoraConfig, get_peft_model
+
+        from modules.tasks import peft_task_type
+
+        config = LoraConfig(
+            task_type=peft_task_type(task),
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            use_dora=self.use_dora,
+        )
+        return get_peft_model(model, config)

@@ -1,30 +1,42 @@
 """Prefix tuning (Li & Liang 2021) through peft: trained key/value prefixes in every layer.
 
 peft feeds the prefixes as `past_key_values`; BERT in transformers 5.x still accepts them (a
-cache-aware attention), checked by `tests/test_methods.py`. `method.projection` reparameterises
-the prefixes through a two-layer MLP while training, as in the paper.
+cache-aware attention), checked by `tests/test_methods.py`. `projection` reparameterises the
+prefixes through a two-layer MLP while training, as in the paper.
 """
 
 from __future__ import annotations
 
-from peft import PrefixTuningConfig, get_peft_model
-from torch import nn
-from typing_extensions import override
+from typing import Any, ClassVar
 
-from modules import tasks
-from modules.base import FineTuneModule
+from tunelab.schema import MethodConfig, PositiveInt
 
 
-class PrefixFineTune(FineTuneModule):
-    """`method.num_virtual_tokens` key/value vectors per layer; the head trains too."""
+class PrefixMethod(MethodConfig):
+    """`num_virtual_tokens` key/value vectors per layer; the head trains too.
 
-    @override
-    def adapt(self, model: nn.Module) -> nn.Module:
-        method = self.hparams.method
+    Attributes:
+        num_virtual_tokens: prefix length.
+        projection: reparameterise the prefixes through an MLP while training.
+        encoder_hidden_size: width of that MLP (used only with `projection`).
+    """
+
+    quantizable: ClassVar[bool] = True
+
+    num_virtual_tokens: PositiveInt = 20
+    projection: bool = False
+    encoder_hidden_size: PositiveInt = 384
+
+    def adapt(self, model: Any, task: str) -> Any:
+        """Wrap `model` with peft prefix tuning."""
+        from peft import PrefixTuningConfig, get_peft_model
+
+        from modules.tasks import peft_task_type
+
         config = PrefixTuningConfig(
-            task_type=tasks.PEFT_TASK_TYPES[self.task],
-            num_virtual_tokens=method["num_virtual_tokens"],
-            prefix_projection=method["projection"],
-            encoder_hidden_size=method["encoder_hidden_size"],
+            task_type=peft_task_type(task),
+            num_virtual_tokens=self.num_virtual_tokens,
+            prefix_projection=self.projection,
+            encoder_hidden_size=self.encoder_hidden_size,
         )
         return get_peft_model(model, config)

@@ -1,32 +1,42 @@
 """Prompt tuning (Lester et al. 2021) through peft: trained soft-prompt embeddings.
 
-Only `method.num_virtual_tokens` input embeddings (and the classification head) train; they are
-prepended to the input of the first layer. `method.init_text` initialises them from the
-embeddings of a text (e.g. "Classify the banking intent:") instead of at random.
+Only `num_virtual_tokens` input embeddings (and the classification head) train; they are
+prepended to the input of the first layer. `init_text` initialises them from the embeddings of a
+text (e.g. "Classify the banking intent:") instead of at random.
 """
 
 from __future__ import annotations
 
-from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
-from torch import nn
-from typing_extensions import override
+from typing import Any, ClassVar
 
-from modules import tasks
-from modules.base import FineTuneModule
+from tunelab.schema import MethodConfig, PositiveInt
 
 
-class PromptFineTune(FineTuneModule):
-    """Soft prompt on the input embeddings; the head trains too."""
+class PromptMethod(MethodConfig):
+    """Soft prompt on the input embeddings; the head trains too.
 
-    @override
-    def adapt(self, model: nn.Module) -> nn.Module:
-        method = self.hparams.method
-        text = method["init_text"]
+    Attributes:
+        num_virtual_tokens: soft-prompt length.
+        init_text: text whose embeddings start the prompt (null: random init).
+    """
+
+    quantizable: ClassVar[bool] = True
+
+    num_virtual_tokens: PositiveInt = 20
+    init_text: str | None = None
+
+    def adapt(self, model: Any, task: str) -> Any:
+        """Wrap `model` with a peft soft prompt."""
+        from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+
+        from modules.tasks import peft_task_type
+
+        text = self.init_text
         config = PromptTuningConfig(
-            task_type=tasks.PEFT_TASK_TYPES[self.task],
-            num_virtual_tokens=method["num_virtual_tokens"],
+            task_type=peft_task_type(task),
+            num_virtual_tokens=self.num_virtual_tokens,
             prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
             prompt_tuning_init_text=text,
-            tokenizer_name_or_path=self.hparams.model["name_or_path"] if text else None,
+            tokenizer_name_or_path=model.name_or_path if text else None,
         )
         return get_peft_model(model, config)

@@ -1,29 +1,39 @@
 """P-tuning (Liu et al. 2021) through peft: soft prompts produced by a small prompt encoder.
 
-Unlike prompt tuning, the virtual-token embeddings pass through an MLP
-(`method.encoder_hidden_size` wide) while training; the export stores the encoder's output.
+Unlike prompt tuning, the virtual-token embeddings pass through an MLP (`encoder_hidden_size`
+wide) while training; the export stores the encoder's output.
 """
 
 from __future__ import annotations
 
-from peft import PromptEncoderConfig, get_peft_model
-from torch import nn
-from typing_extensions import override
+from typing import Any, ClassVar
 
-from modules import tasks
-from modules.base import FineTuneModule
+from tunelab.schema import MethodConfig, PositiveInt
 
 
-class PTuningFineTune(FineTuneModule):
-    """MLP-reparameterised soft prompt on the input embeddings; the head trains too."""
+class PTuningMethod(MethodConfig):
+    """MLP-reparameterised soft prompt on the input embeddings; the head trains too.
 
-    @override
-    def adapt(self, model: nn.Module) -> nn.Module:
-        method = self.hparams.method
+    Attributes:
+        num_virtual_tokens: soft-prompt length.
+        encoder_hidden_size: width of the prompt encoder's MLP.
+    """
+
+    quantizable: ClassVar[bool] = True
+
+    num_virtual_tokens: PositiveInt = 20
+    encoder_hidden_size: PositiveInt = 128
+
+    def adapt(self, model: Any, task: str) -> Any:
+        """Wrap `model` with a peft prompt encoder."""
+        from peft import PromptEncoderConfig, get_peft_model
+
+        from modules.tasks import peft_task_type
+
         config = PromptEncoderConfig(
-            task_type=tasks.PEFT_TASK_TYPES[self.task],
-            num_virtual_tokens=method["num_virtual_tokens"],
-            encoder_hidden_size=method["encoder_hidden_size"],
+            task_type=peft_task_type(task),
+            num_virtual_tokens=self.num_virtual_tokens,
+            encoder_hidden_size=self.encoder_hidden_size,
             encoder_reparameterization_type="MLP",
         )
         return get_peft_model(model, config)

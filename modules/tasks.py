@@ -1,94 +1,189 @@
-"""Task-specific pieces shared by every method, as plain functions.
+"""Task-dependent pieces of the LightningModule as plain functions over the task table.
 
-A task is what the base model predicts: `sequence_classification` (encoder + head, accuracy and
-macro-F1) or `causal_lm` (decoder, loss on response tokens, perplexity). Methods never depend on
-the task; the shared base module asks these functions instead.
+`tunelab.tasks.TASKS` says which Auto class loads a task's model, which metrics it reports and
+which peft task type its adapters use; these functions turn those names into objects.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
+from hydra.utils import get_class
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 from torchmetrics.text import Perplexity
 
 from tunelab.errors import ModelLoadError
+from tunelab.schema import ModelConfig
+from tunelab.tasks import TASKS
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PEFT_TASK_TYPES = {"sequence_classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
-# The metric a checkpoint is chosen by, and whether higher is better.
-MONITOR = {"sequence_classification": ("val/acc", "max"), "causal_lm": ("val/loss", "min")}
+# Output heads stay in full precision under quantisation: the LM head as in the QLoRA paper,
+# and classification heads because they train (peft `modules_to_save`) and a 4-bit copy cannot.
+KEEP_UNQUANTIZED = ["lm_head", "classifier", "score"]
 
 
-def load_pretrained(
-    model_cfg: dict[str, Any], labels: list[str] | None = None, **extra: Any
-) -> nn.Module:
-    """Load the pretrained base model named by `model.name_or_path` for its task.
+def gate_bitsandbytes(quantized: bool) -> None:
+    """Let bitsandbytes be imported only when the base is quantised.
 
-    Args:
-        model_cfg: the `model` config group.
-        labels: class names, for classification heads (id -> name is saved in the config).
-        **extra: passed to `from_pretrained` (e.g. `quantization_config`).
+    peft imports bitsandbytes eagerly (`peft.helpers`) whenever it is installed: 1.5 s of start-up
+    and a "Failed to load CPU gemm_4bit_forward" line on every run, LoRA on a plain base included.
+    A `None` entry in `sys.modules` makes that import fail as if the package were absent, so peft
+    skips its bnb code paths; a quantised run lifts the block (and peft's cached check) first.
+    """
+    if quantized:
+        if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+            del sys.modules["bitsandbytes"]
+            if "peft.import_utils" in sys.modules:
+                sys.modules["peft.import_utils"].is_bnb_4bit_available.cache_clear()
+    elif "bitsandbytes" not in sys.modules:
+        sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
+
+
+def quantization_config(model: ModelConfig) -> Any:
+    """The `BitsAndBytesConfig` for `model.quantize` (None when the base is not quantised)."""
+    if model.quantize is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if model.quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=KEEP_UNQUANTIZED)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        llm_int8_skip_modules=KEEP_UNQUANTIZED,
+        bnb_4bit_quant_type=model.quantize,
+        bnb_4bit_use_double_quant=model.double_quant,
+        bnb_4bit_compute_dtype=TORCH_DTYPES[model.compute_dtype],
+    )
+
+
+def load_pretrained(model: ModelConfig, labels: list[str] | None = None) -> nn.Module:
+    """Load the base model named by `model.name_or_path` for its task (quantised if asked).
 
     Raises:
         ModelLoadError: when the folder or hub id cannot be loaded, with the fix.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[model_cfg.get("dtype", "float32")], **extra}
-    if model_cfg["task"] == "sequence_classification":
-        auto = AutoModelForSequenceClassification
+    kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[model.dtype]}
+    if TASKS[model.task].has_labels:
         kwargs |= {
             "num_labels": len(labels or []),
             "id2label": dict(enumerate(labels or [])),
             "label2id": {name: i for i, name in enumerate(labels or [])},
         }
-    else:
-        auto = AutoModelForCausalLM
-    path = model_cfg["name_or_path"]
+    if model.quantize is not None:
+        kwargs["quantization_config"] = quantization_config(model)
     try:
-        return auto.from_pretrained(path, **kwargs)
+        loaded = get_class(TASKS[model.task].auto_model).from_pretrained(
+            model.name_or_path, **kwargs
+        )
     except (OSError, ValueError) as err:
         raise ModelLoadError(
-            f"cannot load model.name_or_path='{path}': {str(err).splitlines()[0]}\n"
+            f"cannot load model.name_or_path='{model.name_or_path}': "
+            f"{str(err).splitlines()[0]}\n"
             "Fix: point model.name_or_path at a local folder holding config.json and weights, "
             "or at a Hugging Face Hub id reachable from this machine (offline: HF_HUB_OFFLINE=1 "
             "uses only the local cache)."
         ) from err
+    if model.quantize is not None:
+        keep_training_layout(loaded)
+    return loaded
 
 
-def prepare_base(base: nn.Module, model_cfg: dict[str, Any]) -> nn.Module:
-    """Switch on gradient checkpointing (`model.gradient_checkpointing`) after loading.
+def keep_training_layout(model: nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference; returns layers changed.
 
-    Non-reentrant checkpointing works with frozen inputs (LoRA, QLoRA) without extra hooks.
+    On CPUs with avx512_bf16, bitsandbytes (0.50) repacks a `Linear4bit` weight into an
+    inference-only layout at its first forward pass in eval mode without gradients, and does not
+    undo it when training resumes: the next training step after a validation then fails with
+    "a view of a leaf Variable that requires grad is being used in an in-place operation".
+    Validation runs between training epochs, so the repacking is switched off.
     """
-    if model_cfg.get("gradient_checkpointing"):
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def prepare_base(base: nn.Module, model: ModelConfig) -> nn.Module:
+    """Gradient checkpointing (`model.gradient_checkpointing`) and k-bit training preparation.
+
+    Non-reentrant checkpointing works with frozen inputs (LoRA on a 4-bit base) without hooks.
+    """
+    if model.quantize is not None:
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(
+            base,
+            use_gradient_checkpointing=model.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    if model.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return base
 
 
-def build_metrics(task: str, num_labels: int, stage: str) -> MetricCollection:
-    """The torchmetrics collection logged at the end of each `stage` epoch (`val`, `test`)."""
-    if task == "sequence_classification":
-        metrics = {
-            "acc": MulticlassAccuracy(num_classes=num_labels, average="micro"),
-            "f1": MulticlassF1Score(num_classes=num_labels, average="macro"),
-        }
-    else:
-        metrics = {"ppl": Perplexity(ignore_index=-100)}
+def peft_task_type(task: str) -> str:
+    """The peft `TaskType` name for a task (decides what an adapter export holds)."""
+    return TASKS[task].peft_task_type
+
+
+def _metric(name: str, num_labels: int, out_of_scope: int | None) -> Metric:
+    if name == "acc":
+        return MulticlassAccuracy(num_classes=num_labels, average="micro")
+    if name == "f1":
+        return MulticlassF1Score(num_classes=num_labels, average="macro")
+    if name == "ppl":
+        return Perplexity(ignore_index=-100)
+    if name == "oos_recall":  # recall of the out-of-scope class alone
+        return MulticlassRecall(num_classes=num_labels, average=None)
+    raise KeyError(name)
+
+
+def build_metrics(
+    task: str, num_labels: int, stage: str, out_of_scope: int | None = None
+) -> MetricCollection:
+    """The task's torchmetrics, logged at the end of each `stage` epoch (`val`, `test`).
+
+    With an out-of-scope class (CLINC150 `include_oos`), accuracy on in-scope rows and recall
+    on out-of-scope rows are reported apart, as Larson et al. (2019) do.
+    """
+    names = list(TASKS[task].metrics)
+    metrics = {n: _metric(n, num_labels, out_of_scope) for n in names}
+    if out_of_scope is not None:
+        metrics["in_scope_acc"] = _metric("acc", num_labels, out_of_scope)
+        metrics["oos_recall"] = _metric("oos_recall", num_labels, out_of_scope)
     return MetricCollection(metrics, prefix=f"{stage}/")
 
 
-def update_metrics(task: str, metrics: MetricCollection, logits: torch.Tensor, batch: dict) -> None:
+def update_metrics(
+    task: str, metrics: MetricCollection, logits: torch.Tensor, batch: dict, oos: int | None
+) -> None:
     """Feed one batch's predictions to the stage's metrics."""
     labels = batch["labels"]
-    if task == "sequence_classification":
-        metrics.update(logits.argmax(dim=-1), labels)
-    else:  # next-token prediction: logits at t predict label t+1
+    if not TASKS[task].has_labels:  # next-token prediction: logits at t predict label t+1
         metrics.update(logits[:, :-1].float(), labels[:, 1:])
+        return
+    preds = logits.argmax(dim=-1)
+    for key, metric in metrics.items(keep_base=True):
+        if key.endswith("in_scope_acc"):
+            keep = labels != oos
+            if keep.any():
+                metric.update(preds[keep], labels[keep])
+        else:
+            metric.update(preds, labels)
+
+
+def compute_metrics(metrics: MetricCollection, oos: int | None) -> dict[str, torch.Tensor]:
+    """The stage's values; the out-of-scope recall keeps only the out-of-scope class."""
+    values = metrics.compute()
+    for key in [k for k in values if k.endswith("oos_recall")]:
+        values[key] = values[key][oos]
+    return values
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

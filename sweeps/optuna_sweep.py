@@ -24,7 +24,7 @@ from typing_extensions import override
 
 from callbacks.optuna_pruning import OptunaPruning, reports_per_epoch
 from sweeps import report
-from sweeps.space import SweepConfig, apply, suggest
+from sweeps.space import SweepConfig, suggest, trial_config
 from tunelab.errors import TunelabError
 from tunelab.schema import RunConfig
 from tunelab.tracking import sqlite_lock
@@ -153,8 +153,8 @@ def load_study(space: SweepConfig, run: RunConfig) -> optuna.Study:
 class Objective:
     """One trial: sample values, validate, run the experiment, record the outcome."""
 
-    def __init__(self, cfg: DictConfig, run: RunConfig, space: SweepConfig, parent_id: str):
-        self.cfg, self.run, self.space, self.parent_id = cfg, run, space, parent_id
+    def __init__(self, args: list[str], run: RunConfig, space: SweepConfig, parent_id: str):
+        self.args, self.run, self.space, self.parent_id = args, run, space, parent_id
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Train one trial; its value is the best `sweep.metric` seen at any validation."""
@@ -185,7 +185,7 @@ class Objective:
         from tunelab.pipeline import run_experiment
         from tunelab.validate import validate
 
-        trial_cfg = apply(self.cfg, suggest(trial, self.space, self.cfg))
+        trial_cfg = trial_config(self.args, suggest(trial, self.space, self.args))
         run = validate(trial_cfg)
         folder = Path(run.output_root) / self.run.name / trial.study.study_name
         result = run_experiment(
@@ -215,39 +215,41 @@ def _remaining(study: optuna.Study, space: SweepConfig) -> int:
     return space.n_trials - len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
-def run_sweep(cfg: DictConfig, run: RunConfig) -> optuna.Study:
-    """Run (or resume) the study of `cfg.sweep` on the experiment `cfg`; summarise it in MLflow.
+def run_sweep(args: list[str], cfg: DictConfig, run: RunConfig, space: SweepConfig) -> optuna.Study:
+    """Run (or resume) a study on an experiment; Ctrl-C saves it and raises `SweepInterrupted`.
 
-    Raises:
-        SweepInterrupted: on Ctrl-C, after the study and the MLflow runs were saved.
+    Args:
+        args: the command line; each trial is composed from it plus the sampled values.
+        cfg: the command line's composed config.
+        run: the same, validated.
+        space: the validated search space (`sweeps.space.check_sweep`).
     """
     from optuna.study import MaxTrialsCallback
 
     from tunelab.report import quiet_libraries
 
     quiet_libraries()
-    space = SweepConfig.model_validate(run.sweep)
     with sqlite_lock(space.storage):  # workers started together: one study, one parent run
         study = load_study(space, run)
         parent_id = report.open_parent(study, space, cfg, run)
     try:
         if _remaining(study, space) > 0:
             study.optimize(
-                Objective(cfg, run, space, parent_id),
+                Objective(args, run, space, parent_id),
                 n_trials=_remaining(study, space),
                 timeout=space.timeout,
                 catch=(Exception,),
                 callbacks=[MaxTrialsCallback(space.n_trials, states=COUNTED)],
             )
     except KeyboardInterrupt:
-        report.close_parent(study, space, cfg, run, parent_id, "KILLED")
+        report.close_parent(study, space, args, run, parent_id, "KILLED")
         raise SweepInterrupted(
             f"sweep interrupted; study '{study.study_name}' is saved in {space.storage}: "
             "rerun the same command to resume"
         ) from None
     except BaseException:
-        report.close_parent(study, space, cfg, run, parent_id, "FAILED")
+        report.close_parent(study, space, args, run, parent_id, "FAILED")
         raise
-    report.close_parent(study, space, cfg, run, parent_id, "FINISHED")
+    report.close_parent(study, space, args, run, parent_id, "FINISHED")
     report.print_summary(study, space, run, parent_id)
     return study

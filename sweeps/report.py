@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 from omegaconf import DictConfig, OmegaConf
 
-from sweeps.space import SweepConfig, apply
+from sweeps.space import SweepConfig, trial_config
 from tunelab.config import available
 from tunelab.schema import RunConfig
 from tunelab.tracking import absolute_uri, ensure_experiment, flatten, run_tags
@@ -64,7 +64,7 @@ def open_parent(study: optuna.Study, space: SweepConfig, cfg: DictConfig, run: R
     if parent_id and _exists(client, parent_id):  # resumed (or another worker's) study
         client.update_run(parent_id, status="RUNNING")
         return parent_id
-    resolved = OmegaConf.to_container(apply(cfg, {}), resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     uri = absolute_uri(run.logger.tracking_uri)
     experiment_id = ensure_experiment(uri, run.logger.experiment_name)
     name = f"sweep_{study.study_name}"
@@ -72,7 +72,7 @@ def open_parent(study: optuna.Study, space: SweepConfig, cfg: DictConfig, run: R
     parent_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     params = [Param(k, v) for k, v in _space_params(space, study.study_name).items()]
     client.log_batch(parent_id, params=params)
-    client.log_text(parent_id, OmegaConf.to_yaml(apply(cfg, {})), "base_config.yaml")
+    client.log_text(parent_id, OmegaConf.to_yaml(cfg), "base_config.yaml")
     study.set_user_attr("mlflow_parent_run_id", parent_id)
     return parent_id
 
@@ -125,11 +125,11 @@ def save_plots(study: optuna.Study, folder: Path) -> list[Path]:
 
 
 def write_best_experiment(
-    study: optuna.Study, space: SweepConfig, cfg: DictConfig, run: RunConfig
+    study: optuna.Study, space: SweepConfig, args: list[str], run: RunConfig
 ) -> Path:
     """`<best_experiment_dir>/<name>_best.yaml`: the best trial as a ready recipe."""
     best = study.best_trial
-    trial_cfg = apply(cfg, best.params)
+    trial_cfg = trial_config(args, best.params)
     del trial_cfg["sweep"]
     name = f"{run.name}_best"
     trial_cfg.name = name
@@ -169,7 +169,7 @@ def _log_best(client: MlflowClient, parent_id: str, study: optuna.Study, folder:
 def close_parent(
     study: optuna.Study,
     space: SweepConfig,
-    cfg: DictConfig,
+    args: list[str],
     run: RunConfig,
     parent_id: str,
     status: str,
@@ -183,7 +183,7 @@ def close_parent(
         folder = Path(tmp)
         if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             _log_best(client, parent_id, study, folder)
-            best_file = write_best_experiment(study, space, cfg, run)
+            best_file = write_best_experiment(study, space, args, run)
             client.log_artifact(parent_id, str(best_file))
         save_plots(study, folder)
         study.trials_dataframe().to_csv(folder / "trials.csv", index=False)

@@ -5,11 +5,13 @@ A search space maps config paths to distributions:
     params:
       method.r: {type: int, low: 4, high: 32, step: 4}
       optim.lr: {type: float, low: 1.0e-5, high: 1.0e-2, log: true}
-      method: {type: categorical, choices: [lora, qlora]}   # a config group: swap its option
+      model.quantize: {type: categorical, choices: [null, nf4]}
+      method: {type: categorical, choices: [lora, ia3]}   # a config group: swap its option
 
 A key naming a config group (`method`, `data`, `model`, ...) picks one of the group's options for
-each trial; paths that exist only under some options (e.g. `method.quantize` under `qlora`) are
-sampled only when the trial's config has them (Optuna's define-by-run conditional space).
+each trial; each trial is composed by Hydra from the sweep's own command line plus its choices,
+as `run.py` would compose it. Paths that exist only under some options (e.g. `method.r` under
+`lora`) are sampled only when the trial's config has them (define-by-run conditional space).
 Everything is checked before the first trial: unknown paths (with a nearest-key hint), malformed
 distributions, and every probe value (low, high, each choice) against the full run schema.
 """
@@ -22,8 +24,9 @@ from typing import Annotated, Any, Literal
 from omegaconf import DictConfig, OmegaConf
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from tunelab.config import GROUP_DIRS, ConfigError, _leaf_paths, available, nearest
-from tunelab.schema import PositiveInt, Strict
+from tunelab.config import ConfigError, available, compose, leaf_paths, nearest
+from tunelab.schema import PositiveInt, RunConfig, Strict
+from tunelab.validate import check, load_config, validate
 
 SWAPPABLE_GROUPS = ("method", "data", "model", "optim", "trainer", "logger", "export")
 
@@ -105,34 +108,36 @@ def has_path(cfg: DictConfig, path: str) -> bool:
     return isinstance(node, DictConfig) and leaf in node.keys()  # noqa: SIM118
 
 
-def swap_group(cfg: DictConfig, group: str, option: str) -> None:
-    """Replace `cfg[group]` by the group's `option`, keeping values of keys both share."""
-    new = OmegaConf.load(GROUP_DIRS[group] / f"{option}.yaml")
-    old = cfg[group]
-    for key in new:
-        if key not in ("_target_", "name") and key in old.keys():  # noqa: SIM118
-            new[key] = old._get_node(key)
-    cfg[group] = new
+def base_args(args: list[str]) -> list[str]:
+    """The command line without its `sweep` selection and `sweep.*` overrides: one trial's run."""
+    return [a for a in args if not a.lstrip("+~").startswith(("sweep=", "sweep."))]
 
 
-def apply(cfg: DictConfig, values: dict[str, Any]) -> DictConfig:
-    """A copy of `cfg` with group options swapped and values set (its `sweep` removed)."""
+def set_values(cfg: DictConfig, values: dict[str, Any]) -> DictConfig:
+    """A copy of `cfg` with dotted-path values set (what `run.py key=value` does)."""
     out = copy.deepcopy(cfg)
-    OmegaConf.set_struct(out, False)
-    out.sweep = None
     for path, value in values.items():
-        if path in SWAPPABLE_GROUPS:
-            swap_group(out, path, str(value))
-        else:
-            OmegaConf.update(out, path, value, merge=False, force_add=True)
+        OmegaConf.update(out, path, value, merge=False, force_add=True)
     return out
 
 
-def suggest(trial: Any, space: SweepConfig, cfg: DictConfig) -> dict[str, Any]:
+def trial_config(args: list[str], values: dict[str, Any]) -> DictConfig:
+    """One trial's config, composed by Hydra exactly as `run.py` would compose it.
+
+    Group choices (e.g. `method: ia3`) become selections on the command line; other values are
+    set on the composed config like `key=value` overrides.
+    """
+    groups = [f"{p}={v}" for p, v in values.items() if p in SWAPPABLE_GROUPS]
+    cfg = compose([*base_args(args), *groups])
+    cfg.sweep = None  # a trial is one run
+    return set_values(cfg, {p: v for p, v in values.items() if p not in SWAPPABLE_GROUPS})
+
+
+def suggest(trial: Any, space: SweepConfig, args: list[str]) -> dict[str, Any]:
     """Sample one trial's values: group options first, then paths present in that config."""
     groups = {p: d for p, d in space.params.items() if p in SWAPPABLE_GROUPS}
     values = {p: trial.suggest_categorical(p, d.choices) for p, d in groups.items()}
-    base = apply(cfg, values)
+    base = trial_config(args, values)
     for path, dist in space.params.items():
         if path in groups or not has_path(base, path):
             continue
@@ -155,9 +160,9 @@ def _probes(dist: Any) -> list[Any]:
     return [dist.low, dist.high]
 
 
-def _variants(cfg: DictConfig, space: SweepConfig, problems: list[str]) -> list[DictConfig]:
+def _variants(args: list[str], space: SweepConfig, problems: list[str]) -> list[DictConfig]:
     """The base config plus one config per option of each swapped group."""
-    variants = [apply(cfg, {})]
+    variants = [trial_config(args, {})]
     for path, dist in space.params.items():
         if path not in SWAPPABLE_GROUPS:
             continue
@@ -172,15 +177,13 @@ def _variants(cfg: DictConfig, space: SweepConfig, problems: list[str]) -> list[
                     f"{nearest(str(option), names)}; available: {', '.join(names)}"
                 )
             else:
-                variants.append(apply(cfg, {path: option}))
+                variants.append(trial_config(args, {path: option}))
     return variants
 
 
 def _check_values(variants: list[DictConfig], space: SweepConfig, problems: list[str]) -> None:
     """Each probe value of each path, set in each config that has the path, must validate."""
-    from tunelab.validate import validate
-
-    known = sorted({p for v in variants for p in _leaf_paths(v)})
+    known = sorted({p for v in variants for p in leaf_paths(v)})
     for path, dist in space.params.items():
         if path in SWAPPABLE_GROUPS:
             continue
@@ -190,7 +193,7 @@ def _check_values(variants: list[DictConfig], space: SweepConfig, problems: list
         for value in _probes(dist) if targets else []:
             for variant in targets:
                 try:
-                    validate(apply(variant, {path: value}))
+                    validate(set_values(variant, {path: value}))
                 except ConfigError as err:
                     problems += [f"sweep.params.{path}={value!r}: {p}" for p in err.problems]
                     break
@@ -212,27 +215,23 @@ def _check_params(raw: Any, problems: list[str]) -> dict[str, Any]:
     return good
 
 
-def check_sweep(cfg: DictConfig, raw: dict[str, Any], problems: list[str]) -> SweepConfig | None:
-    """Validate the `sweep` group against its schema and the composed config.
+def check_sweep(args: list[str], cfg: DictConfig, raw: dict[str, Any]) -> SweepConfig:
+    """Validate the `sweep` group against its schema and the configs its trials will have.
 
     Args:
-        cfg: the composed run config (the sweep's base).
+        args: the command line (each trial is composed from it).
+        cfg: the composed run config, already valid.
         raw: the resolved `sweep` node.
-        problems: problems are appended here, each naming its `sweep.` entry.
 
-    Returns:
-        The typed search space, or None when it has problems.
+    Raises:
+        ConfigError: listing every problem, each naming its `sweep.` entry.
     """
-    from tunelab.validate import _check
-
-    base_ok, before = not problems, len(problems)
+    problems: list[str] = []
     params = _check_params(raw.get("params"), problems)
-    space = _check(SweepConfig, {**raw, "params": params or raw.get("params")}, "sweep", problems)
+    space = check(SweepConfig, {**raw, "params": params or raw.get("params")}, "sweep", problems)
     if space is None:
-        return None
-    variants = _variants(cfg, space, problems)
-    if base_ok:  # probing a broken base would only repeat its problems
-        _check_values(variants, space, problems)
+        raise ConfigError(problems)
+    _check_values(_variants(args, space, problems), space, problems)
     if space.pruner != "none" and cfg.trainer.val_check_interval > 1.0:
         problems.append(
             "trainer.val_check_interval: pruning reports at each validation and counts them per "
@@ -242,4 +241,14 @@ def check_sweep(cfg: DictConfig, raw: dict[str, Any], problems: list[str]) -> Sw
         unknown = sorted(set(entry) - set(space.params))
         if unknown:
             problems.append(f"sweep.enqueue[{n}]: {unknown} not in sweep.params")
-    return space if len(problems) == before else None
+    if problems:
+        raise ConfigError(problems)
+    return space
+
+
+def load_sweep_config(args: list[str]) -> tuple[DictConfig, RunConfig, SweepConfig]:
+    """Compose and validate a sweep's command line: the base run, then its search space."""
+    cfg, run = load_config(args)
+    if run.sweep is None:
+        raise ConfigError(["sweep: none selected; add sweep=<name> (see python run.py --help)"])
+    return cfg, run, check_sweep(args, cfg, run.sweep)

@@ -46,8 +46,8 @@ def corpus() -> list[str]:
 
 
 def build_tiny(folder: Path, arch: str = "mistral", chat_template: bool = True, **config) -> Path:
-    """A tiny random-init decoder through the same builder as `python -m tunelab.tiny_models`."""
-    from tunelab.tiny_models import build_tiny_decoder
+    """A tiny random-init decoder through the same builder as `python -m tools.tiny_models`."""
+    from tools.tiny_models import build_tiny_decoder
 
     return build_tiny_decoder(folder, corpus(), arch, 400, chat_template=chat_template, **config)
 

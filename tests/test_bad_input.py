@@ -10,21 +10,21 @@ from conftest import tiny_overrides, write_intents
 from mlflow import MlflowClient
 
 import run as cli
-from datamodules.text_classification import TextClassificationDataModule
+from datamodules.classification import ClassificationDataModule
+from datamodules.text_classification import TextClassification
 from tunelab.errors import DataError, ModelLoadError
 
 
-def datamodule(root: Path, tokenizer: Path, **overrides) -> TextClassificationDataModule:
+def datamodule(root: Path, tokenizer: Path, **overrides) -> ClassificationDataModule:
     settings = {
+        "_target_": "datamodules.text_classification.TextClassification",
         "name": "text_classification",
         "root": str(root),
         "path": "intents",
-        "text_column": "text",
         "label_column": "category",
-        "tokenizer": str(tokenizer),
-        "max_length": 16,
     } | overrides
-    return TextClassificationDataModule(**settings)
+    data = TextClassification.model_validate(settings)
+    return ClassificationDataModule(data=data, tokenizer=str(tokenizer), max_length=16, seed=42)
 
 
 def rewrite(csv_path: Path, rows: list[list]) -> None:
@@ -94,12 +94,13 @@ def test_missing_data_names_the_data_root(tmp_path, tiny_bert):
 
 def test_wrong_model_path_is_a_named_error(tmp_path):
     from modules import tasks
+    from tunelab.schema import ModelConfig
 
     empty = tmp_path / "not_a_model"
     empty.mkdir()
     with pytest.raises(ModelLoadError, match=r"Fix: point model\.name_or_path at a local folder"):
         tasks.load_pretrained(
-            {"name_or_path": str(empty), "task": "sequence_classification"}, ["a", "b"]
+            ModelConfig(name_or_path=str(empty), task="sequence_classification"), ["a", "b"]
         )
 
 

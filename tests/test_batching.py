@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from datamodules.common import LengthGroupedBatches
-from datamodules.text_classification import TextClassificationDataModule
+from datamodules.batching import LengthGroupedBatches
+from datamodules.classification import ClassificationDataModule
+from datamodules.text_classification import TextClassification
 
 
 def _batches(order: list[int], size: int) -> list[list[int]]:
@@ -47,15 +48,25 @@ def test_batches_come_in_random_order_and_the_short_batch_last():
     assert list(LengthGroupedBatches(lengths, batch_size=8)) == first  # seeded: reproducible
 
 
+def _datamodule(tiny_bert: Path, intent_data: Path, **settings) -> ClassificationDataModule:
+    data = TextClassification(
+        _target_="datamodules.text_classification.TextClassification",
+        name="intents",
+        root=str(intent_data),
+        path="intents",
+        label_column="category",
+        **settings,
+    )
+    return ClassificationDataModule(data=data, tokenizer=str(tiny_bert), max_length=16, seed=42)
+
+
 def test_datamodule_sorts_evaluation_and_groups_training(tiny_bert: Path, intent_data: Path):
-    common = dict(name="intents", root=str(intent_data), path="intents", text_column="text")
-    common |= dict(label_column="category", tokenizer=str(tiny_bert), max_length=16)
-    grouped = TextClassificationDataModule(**common, batch_size=8, eval_batch_size=8)
+    grouped = _datamodule(tiny_bert, intent_data, batch_size=8, eval_batch_size=8)
     grouped.setup("fit")
     sizes = [int(b["attention_mask"].sum(1).max()) for b in grouped.val_dataloader()]
     assert sizes == sorted(sizes)
     rows = sum(len(b["labels"]) for b in grouped.train_dataloader())
     assert rows == len(grouped.splits["train"])
-    plain = TextClassificationDataModule(**common, group_by_length=False)
+    plain = _datamodule(tiny_bert, intent_data, group_by_length=False)
     plain.setup("fit")
     assert isinstance(plain.train_dataloader().sampler, torch.utils.data.RandomSampler)

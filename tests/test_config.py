@@ -33,8 +33,8 @@ def test_overrides_reach_every_group():
             "data.val_size=200",
         ]
     )
-    assert run.method["r"] == 16 and run.optim.lr == 3e-4
-    assert run.trainer.max_epochs == 2 and run.seed == 1 and run.data["val_size"] == 200
+    assert run.method.r == 16 and run.optim.lr == 3e-4
+    assert run.trainer.max_epochs == 2 and run.seed == 1 and run.data.val_size == 200
 
 
 def test_mlflow_uri_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
@@ -49,7 +49,7 @@ def test_mlflow_uri_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
 def test_data_root_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TUNELAB_DATA_DIR", "/srv/domain-data")
     _, run = load_config(["experiment=quickstart"])
-    assert run.data["root"] == "/srv/domain-data"
+    assert run.data.root == "/srv/domain-data"
 
 
 def problems_of(args: list[str]) -> list[str]:
@@ -93,7 +93,8 @@ def test_unknown_names_list_the_available_ones():
 def test_added_key_outside_the_schema_is_rejected():
     [problem] = problems_of(["experiment=quickstart", "+method.rank=4"])
     assert problem == (
-        "method.rank: unknown key; valid keys: _target_, alpha, dropout, name, r, target_modules"
+        "method.rank: unknown key; valid keys: "
+        "_target_, alpha, dropout, name, r, target_modules, use_dora"
     )
 
 
@@ -104,6 +105,40 @@ def test_wrong_literal_and_task_mismatch():
     text = "\n".join(problems)
     assert "trainer.precision:" in text and "'bf17'" in text
     assert "feeds a sequence_classification model but model.task=causal_lm" in text
+
+
+def test_a_recipe_switched_to_another_method_names_the_keys_to_clear():
+    problems = problems_of(["experiment=lora_minilm_banking77", "method=ia3"])
+    keys = ["r", "alpha", "dropout", "target_modules"]
+    assert len(problems) == len(keys), problems
+    for key in keys:
+        [problem] = [p for p in problems if p.startswith(f"method.{key}:")]
+        assert "set by experiment=lora_minilm_banking77" in problem
+        assert f"clear it with ~method.{key}" in problem
+    cleared = ["~method.r", "~method.alpha", "~method.dropout", "~method.target_modules"]
+    _, run = load_config(["experiment=lora_minilm_banking77", "method=ia3", *cleared])
+    assert run.method.name == "ia3" and run.method.target_modules is None
+
+
+def test_target_outside_the_project_is_refused():
+    [problem] = problems_of(["experiment=quickstart", "method._target_=os.system"])
+    assert "outside this project's method package (modules/)" in problem
+
+
+def test_defaults_live_in_the_config_classes_only():
+    """A method or dataset YAML sets `_target_`, `name` and nothing that equals a class default."""
+    from omegaconf import OmegaConf
+
+    from tunelab.plugins import locate_plugin
+
+    for group in ("method", "data"):
+        for name in available(group):
+            raw = OmegaConf.to_container(OmegaConf.load(GROUP_DIRS[group] / f"{name}.yaml"))
+            cls = locate_plugin(group, raw["_target_"])
+            for key, value in raw.items():
+                field = cls.model_fields.get(key)
+                if field is not None and not field.is_required() and key != "name":
+                    assert value != field.default, f"{group}/{name}.yaml repeats {key}={value!r}"
 
 
 def test_cli_reports_config_errors_without_traceback(capsys: pytest.CaptureFixture):

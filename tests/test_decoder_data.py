@@ -12,6 +12,7 @@ from decoder_helpers import build_tiny, qa_rows, write_qa
 
 from datamodules import prompting
 from datamodules.instruction import InstructionDataModule
+from datamodules.instruction_file import InstructionFile
 from tunelab.errors import DataError
 
 EXAMPLE = {"instruction": "What is gout ?", "input": "about the bone", "response": "A joint pain."}
@@ -111,17 +112,18 @@ def test_packed_examples_cannot_attend_to_each_other(models, arch):
             start += n
 
 
-def _datamodule(root: Path, model: Path, **overrides) -> InstructionDataModule:
-    kwargs = {
-        "name": "instruction",
-        "root": str(root),
-        "path": "qa",
-        "tokenizer": str(model),
-        "max_length": 64,
-        "input_field": "input",
+def _datamodule(
+    root: Path, model: Path, max_length: int = 64, **overrides
+) -> InstructionDataModule:
+    data = InstructionFile(
+        _target_="datamodules.instruction_file.InstructionFile",
+        name="instruction",
+        root=str(root),
+        path="qa",
+        input_field="input",
         **overrides,
-    }
-    return InstructionDataModule(**kwargs)
+    )
+    return InstructionDataModule(data=data, tokenizer=str(model), max_length=max_length, seed=42)
 
 
 def test_bad_instruction_data_raises_named_errors(tmp_path, models):
@@ -131,10 +133,10 @@ def test_bad_instruction_data_raises_named_errors(tmp_path, models):
     rows = [json.loads(line) for line in (root / "qa/train.jsonl").read_text().splitlines()]
     rows[5]["response"] = "   "
     (root / "qa/train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(DataError, match="empty response in row 5 of the train split"):
+    with pytest.raises(DataError, match=r"empty response in source row 5 \(the train split\)"):
         _datamodule(root, models["mistral"]).setup()
     root = write_qa(tmp_path / "ok")
-    with pytest.raises(DataError, match=r"row 0 of the train split: the prompt is .* tokens"):
+    with pytest.raises(DataError, match=r"source row 0 \(the train split\): the prompt is .* tok"):
         _datamodule(root, models["mistral"], max_length=10).setup()
 
 
@@ -166,20 +168,18 @@ def _write_medquad(root: Path) -> None:
         )
 
 
-def test_medquad_parses_xml_and_splits_by_document(tmp_path, models):
-    from datamodules.medquad import MedQuadDataModule
+def test_medquad_parses_xml_and_splits_by_document(tmp_path):
+    from datamodules.medquad import MedQuAD
 
     _write_medquad(tmp_path)
-    datamodule = MedQuadDataModule(
+    data = MedQuAD(
+        _target_="datamodules.medquad.MedQuAD",
         name="medquad",
         root=str(tmp_path),
-        path="medquad",
-        tokenizer=str(models["mistral"]),
-        max_length=64,
         val_size=0.25,
         test_size=0.25,
     )
-    records = datamodule.load_records()
+    records = data.load(seed=0)
     assert sum(len(r) for r in records.values()) == 36  # empty answers skipped
     assert all(records[split] for split in ("train", "validation", "test"))
     topics = {s: {r["instruction"] for r in rows} for s, rows in records.items()}
@@ -188,11 +188,12 @@ def test_medquad_parses_xml_and_splits_by_document(tmp_path, models):
         records["train"][0]["response"].startswith("Topic")
         and '"rare" case 0.' in (records["train"][0]["response"])
     )
-    assert MedQuadDataModule(**{**datamodule.hparams}).load_records() == records
+    assert data.load(seed=1) == records  # split by file-name hash, not by the seed
+    assert records["train"][0]["row"].endswith("_topic.xml QAPair 0")
 
 
 def test_pubmedqa_uses_test_pmids_and_never_the_reasoning_labels(tmp_path, models):
-    from datamodules.pubmedqa import PubMedQADataModule
+    from datamodules.pubmedqa import PubMedQA
 
     entries = {
         str(pmid): {
@@ -212,13 +213,11 @@ def test_pubmedqa_uses_test_pmids_and_never_the_reasoning_labels(tmp_path, model
     folder.mkdir()
     (folder / "ori_pqal.json").write_text(json.dumps(entries))
     (folder / "test_ground_truth.json").write_text(json.dumps({"100": "yes", "101": "yes"}))
-    datamodule = PubMedQADataModule(
-        name="pubmedqa",
-        root=str(tmp_path),
-        path="pubmedqa",
-        tokenizer=str(models["mistral"]),
-        max_length=128,
-        val_size=3,
+    data = PubMedQA(
+        _target_="datamodules.pubmedqa.PubMedQA", name="pubmedqa", root=str(tmp_path), val_size=3
+    )
+    datamodule = InstructionDataModule(
+        data=data, tokenizer=str(models["mistral"]), max_length=128, seed=42
     )
     datamodule.setup()
     sizes = {split: len(rows) for split, rows in datamodule.records.items()}
@@ -231,6 +230,7 @@ def test_pubmedqa_uses_test_pmids_and_never_the_reasoning_labels(tmp_path, model
         [t for rows in datamodule.splits.values() for row in rows for t in row["input_ids"]]
     )
     assert "METHODS: We gave it." in text and "LEAKED" not in text
+    assert {r["row"] for r in datamodule.records["test"]} == {"PMID 100", "PMID 101"}
 
 
 @pytest.mark.parametrize(
@@ -242,24 +242,24 @@ def test_pubmedqa_uses_test_pmids_and_never_the_reasoning_labels(tmp_path, model
         ["experiment=qlora_tiny_mistral"],
         ["experiment=lora_tiny_mistral", "model=tiny_llama", "data=pubmedqa"],
         ["method=full", "model=tiny_llama", "data=instruction", "data.path=qa.jsonl"],
-        ["experiment=quickstart", "method=qlora", "method.quantize=int8"],
+        ["experiment=quickstart", "method=lora", "model.quantize=int8"],
     ],
 )
 def test_decoder_recipes_compose_and_validate(args):
     from tunelab.validate import load_config
 
     _, run = load_config(args)
-    assert run.method["name"] in ("lora", "qlora", "full")
+    assert run.method.name in ("lora", "qlora", "full")
     if run.model.task == "causal_lm":
-        assert run.data["name"] in ("medquad", "pubmedqa", "instruction")
+        assert run.data.name in ("medquad", "pubmedqa", "instruction")
 
 
 def test_bad_decoder_configs_are_rejected_before_anything_loads():
     from tunelab.config import ConfigError
     from tunelab.validate import load_config
 
-    with pytest.raises(ConfigError, match=r"method\.quantize"):
-        load_config(["experiment=qlora_tiny_mistral", "method.quantize=nf3"])
+    with pytest.raises(ConfigError, match=r"model\.quantize"):
+        load_config(["experiment=qlora_tiny_mistral", "model.quantize=nf3"])
     with pytest.raises(ConfigError, match=r"feeds a causal_lm model but model\.task"):
         load_config(["experiment=quickstart", "data=medquad"])
     with pytest.raises(ConfigError, match=r"data\.template"):

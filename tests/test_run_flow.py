@@ -39,7 +39,7 @@ def test_run_logs_params_metrics_tags_and_artifacts(lora_run):
     assert params["method.name"] == "lora" and params["method.r"] == "16"
     assert params["optim.lr"] == "0.005" and params["data.path"] == "intents"
     for key in (
-        "train/loss_epoch",
+        "train/loss",
         "val/loss",
         "val/acc",
         "val/f1",
@@ -76,14 +76,14 @@ def test_lora_checkpoint_holds_only_adapter_and_head_and_reloads_identically(lor
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from modules.lora import LoraFineTune
+    from tunelab.checkpoint import load_module
 
     _, _, run_dir = lora_run
     [ckpt] = (run_dir / "checkpoints").glob("*.ckpt")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert state and all("lora_" in k or "classifier" in k for k in state), list(state)[:5]
 
-    reloaded = LoraFineTune.load_from_checkpoint(ckpt).model
+    reloaded = load_module(ckpt).model
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=4)
     from_export = PeftModel.from_pretrained(base, run_dir / "export")
     fresh = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=4)
@@ -99,6 +99,7 @@ def test_pretrained_minilm_learns_the_intents(workdir: Path, intent_data: Path):
     assert cli.main(args) == 0
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    history = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss_epoch")]
-    assert len(history) == 2 and history[-1] < 0.8 * history[0]
+    history = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    half = len(history) // 2  # two epochs of logged steps: the second's mean is well below
+    assert half >= 4 and sum(history[half:]) < 0.8 * sum(history[:half]), history
     assert run.data.metrics["test/acc"] >= 0.9  # 4 balanced classes: chance is 0.25

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 import run as cli
 from modules.base import FineTuneModule
 from sweeps.report import child_runs
+from sweeps.space import load_sweep_config
 from tunelab import config
 from tunelab.config import ConfigError
 from tunelab.validate import load_config
@@ -191,30 +192,54 @@ def test_bad_search_space_fails_before_any_trial(
     workdir: Path, tiny_bert: Path, intent_data: Path, override: str, named: str
 ):
     with pytest.raises(ConfigError, match="sweep") as err:
-        load_config(sweep_args(tiny_bert, intent_data, override))
+        load_sweep_config(sweep_args(tiny_bert, intent_data, override))
     assert named in str(err.value)
     assert cli.main(sweep_args(tiny_bert, intent_data, override)) == 2
     assert not (workdir / "optuna.db").exists() and not (workdir / "outputs").exists()
 
 
-def test_group_choice_samples_only_paths_that_exist(tiny_bert: Path, intent_data: Path):
-    """qlora_quant: `method` is lora (unquantised) or qlora; `method.quantize` only for qlora."""
-    from sweeps.space import SweepConfig, apply, suggest
+def test_quantisation_is_sampled_as_a_field_none_included():
+    """qlora_quant samples `model.quantize` directly: null (plain LoRA), nf4, fp4, int8."""
+    from sweeps.space import suggest, trial_config
 
-    cfg, run = load_config(["experiment=qlora_tiny_mistral", "sweep=qlora_quant"])
-    space = SweepConfig.model_validate(run.sweep)
+    args = ["experiment=qlora_tiny_mistral", "sweep=qlora_quant"]
+    _, _, space = load_sweep_config(args)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
-    for _ in range(12):
+    for _ in range(16):
         trial = study.ask()
-        values = suggest(trial, space, cfg)
-        trial_cfg = apply(cfg, values)
+        values = suggest(trial, space, args)
+        trial_cfg = trial_config(args, values)
+        assert trial_cfg.model.quantize == values["model.quantize"]
+        assert trial_cfg.method.r == values["method.r"] and trial_cfg.sweep is None
+        seen.add(values["model.quantize"])
+        study.tell(trial, 0.0)
+    assert seen == {None, "nf4", "fp4", "int8"}
+
+
+def test_group_choice_is_composed_by_hydra_and_samples_only_paths_that_exist():
+    """A `method` choice is a Hydra selection; `method.r` is sampled only when it exists."""
+    from sweeps.space import suggest, trial_config
+
+    params = (
+        "{method: {type: categorical, choices: [full, lora]}, "
+        "method.r: {type: int, low: 2, high: 8}}"
+    )
+    args = ["experiment=full_minilm_banking77", "sweep=full_lr", f"sweep.params={params}"]
+    _, _, space = load_sweep_config(args)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(10):
+        trial = study.ask()
+        values = suggest(trial, space, args)
+        trial_cfg = trial_config(args, values)
         assert trial_cfg.method.name == values["method"]
-        assert ("method.quantize" in values) == (values["method"] == "qlora")
-        assert trial_cfg.method.r == values["method.r"]
+        assert ("method.r" in values) == (values["method"] == "lora")
+        if values["method"] == "lora":
+            assert trial_cfg.method.r == values["method.r"]
         seen.add(values["method"])
         study.tell(trial, 0.0)
-    assert seen == {"lora", "qlora"}
+    assert seen == {"full", "lora"}
 
 
 @pytest.mark.parametrize("name", config.available("sweep"))
@@ -223,8 +248,8 @@ def test_every_sweep_yaml_validates_with_its_run_command(name: str):
     command = lines[0].removeprefix("# python run.py ").split()
     assert lines[0].startswith("# python run.py experiment=") and f"sweep={name}" in command
     assert lines[1].startswith("# ") and len(lines[1]) > 20  # the description `--help` shows
-    _, run = load_config(command)
-    assert run.sweep["params"] and run.sweep["study_name"]
+    _, _, space = load_sweep_config(command)
+    assert space.params and space.study_name
 
 
 @pytest.mark.parametrize(

@@ -111,19 +111,19 @@ def _split_overrides(args: list[str], problems: list[str]) -> tuple[list[str], l
     return selections, values
 
 
-def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
+def leaf_paths(node: Any, prefix: str = "") -> list[str]:
     """All dotted key paths in a config (for 'did you mean' hints)."""
     if not isinstance(node, DictConfig):
         return [prefix] if prefix else []
     paths = [prefix] if prefix else []
     for key in node:
-        paths += _leaf_paths(node._get_node(key), f"{prefix}.{key}" if prefix else str(key))
+        paths += leaf_paths(node._get_node(key), f"{prefix}.{key}" if prefix else str(key))
     return paths
 
 
 def _apply_values(cfg: DictConfig, overrides: list[Any], problems: list[str]) -> None:
     """Apply `key=value` overrides, reporting keys that do not exist instead of adding them."""
-    known = _leaf_paths(cfg)
+    known = leaf_paths(cfg)
     for override in overrides:
         key = override.key_or_group
         parent, _, leaf = key.rpartition(".")
@@ -133,6 +133,21 @@ def _apply_values(cfg: DictConfig, overrides: list[Any], problems: list[str]) ->
             problems.append(f"{key}: unknown key{nearest(key, known)}")
             continue
         OmegaConf.update(cfg, key, override.value(), merge=False, force_add=True)
+
+
+def fill_defaults(cfg: DictConfig) -> None:
+    """Put each group's config-class defaults under it (values from YAML win).
+
+    Defaults live in the config classes only; filling them in makes every field visible in
+    `--cfg` and MLflow, overridable with `key=value`, and searchable by sweeps.
+    """
+    from tunelab.plugins import group_defaults
+
+    for group in ("method", "data", "model", "optim", "trainer", "logger", "export"):
+        node = cfg.get(group)
+        if isinstance(node, DictConfig):
+            head = {key: node[key] for key in ("_target_", "name") if key in node}
+            cfg[group] = OmegaConf.merge(head, group_defaults(group, node), node)
 
 
 def compose(args: list[str], problems: list[str] | None = None) -> DictConfig:
@@ -162,6 +177,7 @@ def compose(args: list[str], problems: list[str] | None = None) -> DictConfig:
     except Exception as err:  # composition errors carry Hydra's own explanation
         raise ConfigError([*problems, f"composition failed: {err}"]) from None
     OmegaConf.set_struct(cfg, False)
+    fill_defaults(cfg)
     _apply_values(cfg, values, problems)
     if problems and not collect:
         raise ConfigError(problems)

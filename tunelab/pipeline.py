@@ -13,7 +13,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import tracking
+from tunelab.preflight import preflight
 from tunelab.schema import RunConfig
+from tunelab.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -43,69 +45,57 @@ def make_run_dir(run: RunConfig, base: Path | None = None) -> Path:
     return folder
 
 
-def _locate(target: str) -> Any:
+def build_datamodule(run: RunConfig) -> Any:
+    """The data family's LightningDataModule for the validated `data` config."""
     from hydra.utils import get_class
 
-    return get_class(target)
-
-
-def build_datamodule(resolved: dict[str, Any]) -> Any:
-    """Instantiate `data._target_` with the model's tokenizer and the run seed."""
-    data = dict(resolved["data"])
-    cls = _locate(data.pop("_target_"))
-    model = resolved["model"]
+    cls = get_class(run.data.datamodule)
     return cls(
-        **data,
-        tokenizer=model["name_or_path"],
-        max_length=model["max_length"],
-        seed=resolved["seed"],
+        data=run.data,
+        tokenizer=run.model.name_or_path,
+        max_length=run.model.max_length,
+        seed=run.seed,
     )
 
 
-def build_module(resolved: dict[str, Any], labels: list[str] | None) -> Any:
-    """Instantiate `method._target_`, the method's LightningModule."""
-    cls = _locate(resolved["method"]["_target_"])
-    return cls(
-        method=resolved["method"],
-        model=resolved["model"],
-        optim=resolved["optim"],
-        labels=labels or None,
-    )
+def build_module(run: RunConfig, labels: list[str] | None, out_of_scope: str | None = None) -> Any:
+    """The LightningModule that runs the validated `method` (`method.lightning_module`)."""
+    from hydra.utils import get_class
+
+    cls = get_class(run.method.lightning_module)
+    return cls(run.method, run.model, run.optim, labels or None, out_of_scope)
 
 
-def task_callbacks(task: str) -> list:
-    """Callbacks a task always gets: for decoders, generation samples and the mask preview."""
-    if task != "causal_lm":
-        return []
-    from callbacks.generation import GenerationCallback
-    from callbacks.mask_preview import MaskPreviewCallback
+def build_callbacks(run: RunConfig) -> list:
+    """`callbacks:` from the config, or the task's defaults when it is null."""
+    from hydra.utils import get_class, instantiate
 
-    return [GenerationCallback(), MaskPreviewCallback()]
+    if run.callbacks is None:
+        return [get_class(target)() for target in TASKS[run.model.task].callbacks]
+    return [instantiate(c.model_dump(by_alias=True)) for c in run.callbacks]
 
 
-def build_trainer(resolved: dict[str, Any], run_dir: Path, logger: Any, callbacks: list) -> tuple:
+def build_trainer(run: RunConfig, run_dir: Path, logger: Any, callbacks: list) -> tuple:
     """The Lightning Trainer with checkpointing on the task's validation metric."""
     import lightning as L
+    from hydra.utils import get_class
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
-    from callbacks.finite_loss import FiniteLossGuard
-    from modules.tasks import MONITOR
-
-    monitor, mode = MONITOR[resolved["model"]["task"]]
+    task = TASKS[run.model.task]
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
-        monitor=monitor,
-        mode=mode,
+        monitor=task.monitor,
+        mode=task.mode,
         save_top_k=1,
         filename="best-{epoch}-{step}",
         auto_insert_metric_name=False,
     )
-    task = resolved["model"]["task"]
-    all_callbacks = [checkpoint, FiniteLossGuard(), *task_callbacks(task), *callbacks]
-    if resolved["trainer"]["enable_progress_bar"]:
+    guard = get_class("callbacks.finite_loss.FiniteLossGuard")()
+    all_callbacks = [checkpoint, guard, *build_callbacks(run), *callbacks]
+    if run.trainer.enable_progress_bar:
         all_callbacks.append(RichProgressBar())
     trainer = L.Trainer(
-        **resolved["trainer"], logger=logger, callbacks=all_callbacks, default_root_dir=run_dir
+        **run.trainer.model_dump(), logger=logger, callbacks=all_callbacks, default_root_dir=run_dir
     )
     return trainer, checkpoint
 
@@ -139,9 +129,9 @@ def save_outputs(
 
 def _save_merged(module: Any, datamodule: Any, resolved: dict, adapter: Path, logger: Any) -> None:
     """`export.merge=true`: write (and log) base + adapter merged into plain weights."""
-    from modules.merge import export_merged
+    from hydra.utils import get_method
 
-    merged = export_merged(module, adapter, adapter.parent / "merged")
+    merged = get_method("modules.merge.export_merged")(module, adapter, adapter.parent / "merged")
     if merged is None:
         return
     datamodule.tokenizer.save_pretrained(merged)
@@ -179,23 +169,15 @@ def run_experiment(
         parent_run_id: log as a nested MLflow child run of this run (sweep trials).
         run_dir: output folder (made unique); default `<output_root>/<name>/<timestamp>`.
     """
-    import lightning as L
-
     started = time.time()
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    L.seed_everything(run.seed, workers=True, verbose=False)
+    datamodule, module = _build_data_and_module(run)
     run_dir = make_run_dir(run, run_dir)
-    datamodule = build_datamodule(resolved)
-    datamodule.setup("fit")
-    module = build_module(resolved, datamodule.labels)
     logger = tracking.make_logger(resolved, parent_run_id)
-    trainer, checkpoint = build_trainer(resolved, run_dir, logger, callbacks or [])
+    trainer, checkpoint = build_trainer(run, run_dir, logger, callbacks or [])
     _log_start(logger, resolved, module)
     try:
-        trainer.fit(module, datamodule=datamodule)
-        best = checkpoint.best_model_path or None
-        metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-        save_outputs(module, datamodule, resolved, run_dir, metrics, logger)
+        metrics, best = _fit_test_save(trainer, checkpoint, module, datamodule, resolved, run_dir)
         logger.log_metrics({"wall_time_s": time.time() - started})
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit(1)
         logger.finalize("KILLED")
@@ -205,13 +187,29 @@ def run_experiment(
         raise
     logger.finalize("success")
     trainable, total = module.parameter_counts
+    wall = time.time() - started
     return RunResult(
-        metrics,
-        logger.run_id,
-        logger.experiment_id,
-        run_dir,
-        trainable,
-        total,
-        time.time() - started,
-        best or "",
+        metrics, logger.run_id, logger.experiment_id, run_dir, trainable, total, wall, best
     )
+
+
+def _build_data_and_module(run: RunConfig) -> tuple[Any, Any]:
+    """Check the architecture, seed, then the prepared datamodule and the module for its labels."""
+    import lightning as L
+
+    preflight(run)
+    L.seed_everything(run.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(run)
+    datamodule.setup("fit")
+    return datamodule, build_module(run, datamodule.labels, datamodule.out_of_scope)
+
+
+def _fit_test_save(
+    trainer: Any, checkpoint: Any, module: Any, datamodule: Any, resolved: dict, run_dir: Path
+) -> tuple[dict[str, float], str]:
+    """Fit, test the best checkpoint, write the outputs; returns test metrics and checkpoint."""
+    trainer.fit(module, datamodule=datamodule)
+    best = checkpoint.best_model_path or None
+    metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    save_outputs(module, datamodule, resolved, run_dir, metrics, trainer.logger)
+    return metrics, best or ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 from omegaconf import DictConfig
 
@@ -14,8 +13,6 @@ from tunelab.schema import RunConfig
 def quiet_libraries() -> None:
     """Keep the terminal for the progress bar and the summary, not library chatter."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
     import datasets
     import transformers
 

@@ -1,247 +1,116 @@
-"""Typed schemas for every config group, checked before anything heavy is imported.
+"""Typed configs of the run-wide groups, and the two plug-in bases: methods and datasets.
 
-Each group is a small pydantic model with `extra="forbid"`, so an unknown key is an error and
-not a silent no-op. Methods and datasets are selected by their `name` field; adding one means one
-schema class here, one module, one YAML.
+Every group is a small pydantic model with `extra="forbid"`, so an unknown key is an error and
+not a silent no-op. Methods and datasets are not listed here: a `method` or `data` group names
+its config class with `_target_` (e.g. `modules.lora.LoraMethod`), that class holds the only
+defaults and validates the group, and the validated object is what the code receives. Adding
+one is one .py (the config class and its code) and one YAML.
+
+This module imports pydantic only: validation runs before torch is imported.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Quantize = Literal["nf4", "fp4", "int8"]
+DType = Literal["float32", "bfloat16", "float16"]
 
 
 class Strict(BaseModel):
-    """Base for every schema: unknown keys are errors, `_target_` is allowed at group top."""
+    """Base for every config: unknown keys are errors; `_target_` is allowed at group top."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class Targeted(Strict):
-    """A group instantiated from `_target_` (a dotted class path inside this repo)."""
+class Plugin(Strict):
+    """A config group whose `_target_` names its own config class (a method or a dataset)."""
 
     target: str = Field(alias="_target_", pattern=r"^[A-Za-z_][\w.]*$")
+    name: str = Field(pattern=r"^[\w.\-]+$")
+
+    def dump(self) -> dict[str, Any]:
+        """The config as plain data, `_target_` included (what checkpoints and MLflow keep)."""
+        return self.model_dump(by_alias=True)
 
 
-# ----------------------------------------------------------------------------- methods
-class FullMethod(Targeted):
-    """Full fine-tuning: every weight trains."""
+class ModelProbe(BaseModel):
+    """What a method's early checks may ask about the base model, read without its weights.
 
-    name: Literal["full"]
+    Built from the model's `config.json` and a skeleton on the meta device (see
+    `tunelab.preflight`), so checks run in a second even for a 7B model.
+    """
 
+    model_config = ConfigDict(arbitrary_types_allowed=True)
 
-class LoraMethod(Targeted):
-    """LoRA adapters via peft."""
-
-    name: Literal["lora"]
-    r: PositiveInt = 8
-    alpha: Annotated[float, Field(gt=0)] = 16
-    dropout: Probability = 0.0
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-
-
-class FreezeMethod(Targeted):
-    """Only the top `trainable_layers` layers (plus pooler/norm and head) train."""
-
-    name: Literal["freeze"]
-    trainable_layers: PositiveInt = 2
+    name_or_path: str
+    model_type: str
+    num_layers: int
+    max_positions: int | None
+    linear_names: list[str]
+    hf_config: Any = None
 
 
-class DoraMethod(LoraMethod):
-    """DoRA via peft: LoRA's fields, weight-decomposed update."""
+class MethodConfig(Plugin):
+    """Base of every fine-tuning method's config; its hooks are the method's code.
 
-    name: Literal["dora"]
+    The one LightningModule (`lightning_module`) loads the base model, calls `adapt` to turn it
+    into what trains, trains it with `loss`, and saves it with `export`. Hooks import their heavy
+    libraries inside, so a method's file imports in milliseconds.
+    """
 
+    lightning_module: ClassVar[str] = "modules.base.FineTuneModule"
+    quantizable: ClassVar[bool] = False  # can train adapters on a bitsandbytes-quantised base
 
-class IA3Method(Targeted):
-    """(IA)^3 via peft; null module lists use peft's defaults for the architecture."""
+    def check(self, probe: ModelProbe, task: str, problems: list[str]) -> None:
+        """Append problems only visible with the model at hand (targets, layer counts)."""
 
-    name: Literal["ia3"]
-    target_modules: list[str] | None = None
-    feedforward_modules: list[str] | None = None
+    def load_base(self, model: ModelConfig, labels: list[str] | None) -> Any:
+        """A base model of the method's own (distillation: the teacher), or None for the usual."""
+        return None
 
-    @model_validator(mode="after")
-    def _feedforward_subset(self) -> IA3Method:
-        extra = set(self.feedforward_modules or []) - set(self.target_modules or [])
-        if self.target_modules is not None and extra:
-            raise ValueError(f"feedforward_modules {sorted(extra)} are not in target_modules")
-        return self
+    def adapt(self, model: Any, task: str) -> Any:
+        """Turn the loaded base model into the model that trains (identity: full fine-tuning)."""
+        return model
 
+    def loss(self, outputs: Any, batch: dict[str, Any], task: str) -> Any:
+        """The training objective (default: the model's own loss on `labels`)."""
+        return outputs.loss
 
-class AdapterMethod(Targeted):
-    """Houlsby bottleneck adapters after the listed linear layers."""
-
-    name: Literal["adapter"]
-    target_modules: list[str] = Field(min_length=1)
-    reduction_factor: PositiveInt = 16
-    bottleneck_size: PositiveInt | None = None
-    activation: Literal["relu", "gelu", "tanh", "silu"] = "gelu"
-    train_layer_norms: bool = True
-
-
-class PrefixMethod(Targeted):
-    """Prefix tuning via peft."""
-
-    name: Literal["prefix"]
-    num_virtual_tokens: PositiveInt = 20
-    projection: bool = False
-    encoder_hidden_size: PositiveInt = 384
+    def export(self, model: Any, folder: Path, base: ModelConfig, labels: list[str] | None) -> bool:
+        """Write the trained model to `folder`; False leaves it to `save_pretrained`."""
+        return False
 
 
-class PromptMethod(Targeted):
-    """Prompt tuning via peft (random or text-initialised soft prompt)."""
+class DataConfig(Plugin):
+    """Base of every dataset's config; a family base (classification, instruction) sits between.
 
-    name: Literal["prompt"]
-    num_virtual_tokens: PositiveInt = 20
-    init_text: str | None = None
+    `task` is the model task the family feeds and `datamodule` the family's LightningDataModule;
+    a dataset class adds only the fields its loader reads and a `load` method.
+    """
 
-
-class PTuningMethod(Targeted):
-    """P-tuning via peft (MLP prompt encoder)."""
-
-    name: Literal["ptuning"]
-    num_virtual_tokens: PositiveInt = 20
-    encoder_hidden_size: PositiveInt = 128
-
-
-class DistillMethod(Targeted):
-    """Knowledge distillation from `teacher` into a `student_layers`-layer copy of it."""
-
-    name: Literal["distill"]
-    teacher: str
-    tracking_uri: str | None = None
-    student_layers: PositiveInt = 3
-    temperature: Annotated[float, Field(gt=0)] = 2.0
-    alpha: Probability = 0.5
-
-    @model_validator(mode="after")
-    def _teacher_given(self) -> DistillMethod:
-        if self.teacher in ("", "???"):
-            raise ValueError(
-                "method.teacher is required: an export folder, a .ckpt or mlflow:<run_id>"
-            )
-        return self
-
-
-class QLoraMethod(LoraMethod):
-    """QLoRA: LoRA (peft) on a base quantised by bitsandbytes (4-bit nf4/fp4 or int8)."""
-
-    name: Literal["qlora"]
-    r: PositiveInt = 16
-    alpha: Annotated[float, Field(gt=0)] = 32
-    dropout: Probability = 0.05
-    quantize: Literal["nf4", "fp4", "int8"] = "nf4"
-    double_quant: bool = True
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-
-
-METHODS: dict[str, type[Targeted]] = {
-    "full": FullMethod,
-    "lora": LoraMethod,
-    "freeze": FreezeMethod,
-    "dora": DoraMethod,
-    "ia3": IA3Method,
-    "adapter": AdapterMethod,
-    "prefix": PrefixMethod,
-    "prompt": PromptMethod,
-    "ptuning": PTuningMethod,
-    "distill": DistillMethod,
-    "qlora": QLoraMethod,
-}
-
-
-# ----------------------------------------------------------------------------- data
-class DataBase(Targeted):
-    """Fields every dataset shares: where it is, how it is split and batched."""
-
-    root: str = "data"
-    path: str
-    hub_id: str | None = None
-    val_size: Annotated[float, Field(gt=0)] = 0.1
-    test_size: Annotated[float, Field(gt=0)] = 0.1
-    max_train_samples: PositiveInt | None = None
-    num_workers: Annotated[int, Field(ge=0)] = 0
-
-    @model_validator(mode="after")
-    def _path_given(self) -> DataBase:
-        if self.path in ("", "???"):
-            raise ValueError("data.path is required: a local file/folder or a hub id")
-        return self
-
-
-class ClassificationData(DataBase):
-    """Text classification datasets (banking77, text_classification)."""
-
-    name: Literal["banking77", "text_classification"]
-    text_column: str = "text"
-    label_column: str = "label"
-    batch_size: PositiveInt = 32
-    eval_batch_size: PositiveInt = 128
-    group_by_length: bool = True
-
-    @property
-    def task(self) -> str:
-        """The model task this data feeds."""
-        return "sequence_classification"
-
-
-class InstructionData(DataBase):
-    """Instruction-tuning data for decoders: instruction [+ input] -> response."""
-
-    name: Literal["instruction", "medquad", "pubmedqa"]
-    instruction_field: str = "instruction"
-    input_field: str | None = None
-    response_field: str = "response"
-    template: Literal["auto", "chat", "plain"] = "auto"
-    system_prompt: str | None = None
-    packing: bool = False
-    skip_long_prompts: bool = False
-    batch_size: PositiveInt = 8
-    eval_batch_size: PositiveInt = 16
-
-    @property
-    def task(self) -> str:
-        """The model task this data feeds."""
-        return "causal_lm"
-
-
-class MedQuadData(InstructionData):
-    """MedQuAD XML collections, split by document."""
-
-    name: Literal["medquad"]
-    folders: list[str] = Field(default=["5_NIDDK_QA", "6_NINDS_QA"], min_length=1)
-
-
-class PubMedQAData(InstructionData):
-    """PubMedQA PQA-L: question + contexts -> long answer (+ decision)."""
-
-    name: Literal["pubmedqa"]
-    append_decision: bool = True
-
-
-DATASETS: dict[str, type[Targeted]] = {
-    "banking77": ClassificationData,
-    "text_classification": ClassificationData,
-    "instruction": InstructionData,
-    "medquad": MedQuadData,
-    "pubmedqa": PubMedQAData,
-}
+    task: ClassVar[str] = ""
+    datamodule: ClassVar[str] = ""
 
 
 # ----------------------------------------------------------------------------- the rest
 class ModelConfig(Strict):
-    """The pretrained base model."""
+    """The pretrained base model, and how it is loaded."""
 
     name_or_path: str
     task: Literal["sequence_classification", "causal_lm"]
     max_length: PositiveInt = 128
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: DType = "float32"
     gradient_checkpointing: bool = False
+    quantize: Quantize | None = None
+    double_quant: bool = True
+    compute_dtype: DType = "float32"
 
 
 class OptimConfig(Strict):
@@ -291,17 +160,26 @@ class ExportConfig(Strict):
     merge: bool = False
 
 
+class CallbackConfig(Strict):
+    """One extra Lightning callback: `_target_` (inside this project) plus its arguments."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    target: str = Field(alias="_target_", pattern=r"^callbacks\.[\w.]+$")
+
+
 class RunConfig(Strict):
-    """The whole composed config of one run."""
+    """The whole composed config of one run; `method` and `data` are the validated plug-ins."""
 
     name: str = Field(pattern=r"^[\w.\-]+$")
     seed: Annotated[int, Field(ge=0)] = 42
     output_root: str = "outputs"
-    method: dict[str, Any]
-    data: dict[str, Any]
+    method: Any
+    data: Any
     model: ModelConfig
     optim: OptimConfig
     trainer: TrainerConfig
     logger: LoggerConfig
     export: ExportConfig
+    callbacks: list[CallbackConfig] | None = None
     sweep: dict[str, Any] | None = None

@@ -2,7 +2,7 @@
 
 Every decoder experiment runs offline on this CPU through one of these folders:
 
-    python -m tunelab.tiny_models --arch mistral --out tiny_models/mistral --data medquad
+    python -m tools.tiny_models --arch mistral --out tiny_models/mistral --data medquad
     python run.py experiment=lora_tiny_mistral
 
 The tokenizer is a byte-level BPE trained with `tokenizers` on the dataset's text (or on the
@@ -158,7 +158,7 @@ def dataset_texts(data: str, root: str) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """CLI: `python -m tunelab.tiny_models --arch mistral --out tiny_models/mistral`."""
+    """CLI: `python -m tools.tiny_models --arch mistral --out tiny_models/mistral`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=ARCHS, default="mistral")
     parser.add_argument("--out", default=None, help="folder (default: tiny_models/<arch>)")

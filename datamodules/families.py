@@ -1,0 +1,77 @@
+"""Config bases of the two dataset families; a dataset's config class extends one of them.
+
+A family's fields are the ones its LightningDataModule reads (batching, prompt rendering); a
+dataset adds the fields its own `load` reads (where the files are, which columns, how to carve
+splits). This module imports pydantic only, so validation stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, Field
+
+from tunelab.schema import DataConfig, PositiveInt
+
+Record = dict[str, Any]
+SplitSize = Annotated[float, Field(gt=0)]  # a fraction (< 1) or a row count carved off a split
+
+
+def _given(path: str) -> str:
+    if path in ("", "???"):
+        raise ValueError("is required: a local file or folder (under data.root), or a hub id")
+    return path
+
+
+RequiredPath = Annotated[str, AfterValidator(_given)]
+
+
+class ClassificationData(DataConfig):
+    """Text classification: `load` returns text/label splits; batches are padded dynamically.
+
+    Subclasses implement `load(seed) -> (DatasetDict, label names or None)` whose splits
+    `train`, `validation` and `test` have the columns `text` and `label`.
+    """
+
+    task: ClassVar[str] = "sequence_classification"
+    datamodule: ClassVar[str] = "datamodules.classification.ClassificationDataModule"
+
+    max_train_samples: PositiveInt | None = None
+    batch_size: PositiveInt = 32
+    eval_batch_size: PositiveInt = 128
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    group_by_length: bool = True
+
+    def load(self, seed: int) -> tuple[Any, list[str] | None]:
+        """The train/validation/test splits (columns `text`, `label`) and the class names."""
+        raise NotImplementedError
+
+    def out_of_scope_label(self) -> str | None:
+        """The class that means "none of the intents" (reported apart), if the data has one."""
+        return None
+
+
+class InstructionData(DataConfig):
+    """Instruction tuning for decoders: `load` returns instruction/input/response records.
+
+    Subclasses implement `load(seed) -> {"train": [...], "validation": [...], "test": [...]}`
+    with records `{"instruction", "input", "response", "row"}`. `row` says where the example is
+    in the source, for error messages: an int is a 0-based row of the source file (of train when
+    the split was carved from it), a string a locator such as `PMID 123`.
+    """
+
+    task: ClassVar[str] = "causal_lm"
+    datamodule: ClassVar[str] = "datamodules.instruction.InstructionDataModule"
+
+    template: Literal["auto", "chat", "plain"] = "auto"
+    system_prompt: str | None = None
+    packing: bool = False
+    skip_long_prompts: bool = False
+    max_train_samples: PositiveInt | None = None
+    batch_size: PositiveInt = 8
+    eval_batch_size: PositiveInt = 16
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    def load(self, seed: int) -> dict[str, list[Record]]:
+        """Train/validation/test records."""
+        raise NotImplementedError

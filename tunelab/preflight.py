@@ -1,0 +1,59 @@
+"""Checks that need the base model's architecture, run before any weight or data is loaded.
+
+The model is read as `config.json` plus a skeleton on the meta device (no memory, no weights),
+so a 7B model is checked in about a second. Each method adds its own checks (`check` hook):
+target modules that match nothing, layer counts out of range, a missing teacher.
+"""
+
+from __future__ import annotations
+
+from tunelab.config import ConfigError
+from tunelab.schema import ModelProbe, RunConfig
+from tunelab.tasks import TASKS
+
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+
+
+def probe_model(name_or_path: str, task: str) -> ModelProbe:
+    """Names of the linear layers, the block count and the position limit of a model."""
+    import torch
+    from hydra.utils import get_class
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    auto = get_class(TASKS[task].auto_model)
+    with torch.device("meta"):
+        skeleton = auto.from_config(config)
+    linears = [n for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)]
+    lists = [len(m) for m in skeleton.modules() if isinstance(m, torch.nn.ModuleList)]
+    positions = next((getattr(config, k) for k in POSITION_KEYS if hasattr(config, k)), None)
+    return ModelProbe(
+        name_or_path=name_or_path,
+        model_type=config.model_type,
+        num_layers=max(lists, default=0),
+        max_positions=positions,
+        linear_names=linears,
+        hf_config=config,
+    )
+
+
+def preflight(run: RunConfig) -> ModelProbe | None:
+    """Run every architecture-dependent check; one `ConfigError` lists what is wrong.
+
+    Returns:
+        The probe, or None when the model cannot be read here (then loading reports it).
+    """
+    try:
+        probe = probe_model(run.model.name_or_path, run.model.task)
+    except (OSError, ValueError, KeyError):  # unreachable hub id or unknown type: loading says
+        return None
+    problems: list[str] = []
+    if probe.max_positions and run.model.max_length > probe.max_positions:
+        problems.append(
+            f"model.max_length: {run.model.max_length} but {run.model.name_or_path} has "
+            f"{probe.max_positions} positions; use model.max_length<={probe.max_positions}"
+        )
+    run.method.check(probe, run.model.task, problems)
+    if problems:
+        raise ConfigError(problems)
+    return probe
