@@ -7,7 +7,8 @@ parameters) is saved once in bf16 to `--model-dir`, then each method runs in a f
 load through tunelab's module (`method=full`, `method=lora`, and lora on a
 `model.quantize=nf4` base, fp32 compute), then `--steps` AdamW steps on random tokens (batch 1).
 Peak RSS is `resource.getrusage(RUSAGE_SELF).ru_maxrss` of that subprocess; a psutil sampler
-also splits it into the load phase and the training phase. Writes `benchmarks/results/memory_decoder.{md,json}`.
+also splits it into the load phase and the training phase.
+Writes `benchmarks/results/memory_decoder.{md,json}`.
 """
 
 from __future__ import annotations
