@@ -47,40 +47,66 @@ def describe() -> str:
     return "\n".join(lines)
 
 
+def interrupted_line(stop, args: list[str]) -> str:
+    """One line: which signal stopped the run, what was saved, and the command that resumes it."""
+    import shlex
+    import signal
+
+    name = signal.Signals(stop.signum).name
+    saved = "checkpoint saved" if stop.saved else "resumes from its last checkpoint"
+    where = f" in {stop.run_dir}" if stop.run_dir else ""
+    command = " ".join(["python run.py", *(shlex.quote(a) for a in args)])
+    return f"stopped by {name}; {saved}{where}; resume with: {command}"
+
+
+def execute(args: list[str], print_only: bool) -> None:
+    """Compose and validate `args`, then print the config, run the sweep or run the experiment."""
+    from tunelab.validate import load_config
+
+    if any(a.lstrip("+").startswith("sweep=") for a in args):
+        from sweeps.space import load_sweep_config
+
+        cfg, run, space = load_sweep_config(args)
+    else:
+        cfg, run = load_config(args)
+    if print_only:
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+    elif run.sweep is not None:
+        from sweeps.optuna_sweep import run_sweep
+
+        run_sweep(args, cfg, run, space)
+    else:
+        from tunelab.report import run_and_report
+
+        run_and_report(cfg, run)
+
+
 def main(argv: list[str]) -> int:
     """Run one experiment or sweep from command-line overrides; return the exit code."""
     if any(arg in ("-h", "--help", "help", "list") for arg in argv):
         print(describe())
         return 0
+    if not argv:  # no recipe: say how to pick one rather than train a default
+        print(f"{USAGE}\n\nerror: no experiment given; list them with --help", file=sys.stderr)
+        return 2
     from tunelab.config import ConfigError
     from tunelab.errors import TunelabError
-    from tunelab.validate import load_config
+    from tunelab.signals import Interrupted
 
-    print_only = "--cfg" in argv
     args = [arg for arg in argv if arg != "--cfg"]
     try:
-        if any(a.lstrip("+").startswith("sweep=") for a in args):
-            from sweeps.space import load_sweep_config
-
-            cfg, run, space = load_sweep_config(args)
-        else:
-            cfg, run = load_config(args)
-        if print_only:
-            from omegaconf import OmegaConf
-
-            print(OmegaConf.to_yaml(cfg, resolve=True))
-            return 0
-        if run.sweep is not None:
-            from sweeps.optuna_sweep import run_sweep
-
-            run_sweep(args, cfg, run, space)
-        else:
-            from tunelab.report import run_and_report
-
-            run_and_report(cfg, run)
+        execute(args, print_only="--cfg" in argv)
     except TunelabError as err:
         print(f"\nerror: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
+    except Interrupted as stop:
+        print(f"\n{interrupted_line(stop, args)}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to resume
+        print("\ninterrupted (SIGINT) before training started; nothing was saved", file=sys.stderr)
+        return 130
     return 0
 
 

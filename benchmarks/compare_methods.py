@@ -27,9 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from lightning.pytorch.callbacks import Callback
-from typing_extensions import override
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
@@ -86,26 +83,11 @@ def overrides(method: str, args: argparse.Namespace, teacher: str | None) -> lis
     return result
 
 
-class Throughput(Callback):
-    """Time spent in training batches and samples seen (validation excluded)."""
-
-    def __init__(self):
-        self.seconds, self.samples, self._start = 0.0, 0, 0.0
-
-    @override
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
-
-    @override
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.seconds += time.perf_counter() - self._start
-        self.samples += int(batch["labels"].shape[0])
-
-
 def run_child(method: str, args: argparse.Namespace) -> dict:
     """Run one method in this process and return its table row (called in a child process)."""
     from mlflow import MlflowClient
 
+    from callbacks.throughput import Throughput
     from tunelab.pipeline import run_experiment
     from tunelab.report import quiet_libraries
     from tunelab.tracking import absolute_uri
@@ -113,7 +95,7 @@ def run_child(method: str, args: argparse.Namespace) -> dict:
 
     quiet_libraries()
     cfg, run = load_config(overrides(method, args, args.teacher))
-    meter = Throughput()
+    meter = Throughput()  # the one `compare.py` uses
     result = run_experiment(cfg, run, callbacks=[meter])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     speed = meter.samples / max(meter.seconds, 1e-9)
@@ -199,28 +181,12 @@ def write_table(rows: list[dict], args: argparse.Namespace, command: str) -> Non
 
 def plot(rows: list[dict], args: argparse.Namespace) -> None:
     """Test accuracy against trainable parameters (log x), one labelled point per method."""
-    import matplotlib
+    from tunelab.compare_report import plot_scores
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        ax.scatter(r["trainable_params"], 100 * r["test_acc"])
-        ax.annotate(
-            r["method"],
-            (r["trainable_params"], 100 * r["test_acc"]),
-            fontsize=9,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("BANKING77 test accuracy (%)")
-    ax.set_title(f"all-MiniLM-L6-v2 · {budget_line(args)}", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(args.out / "accuracy_vs_params.png", dpi=120)
+    percent = [r | {"test_acc_pct": 100 * r["test_acc"]} for r in rows]
+    title = f"all-MiniLM-L6-v2 · {budget_line(args)}"
+    ylabel = "BANKING77 test accuracy (%)"
+    plot_scores(percent, args.out / "accuracy_vs_params.png", "test_acc_pct", ylabel, title)
 
 
 def previous_rows(args: argparse.Namespace) -> list[dict]:

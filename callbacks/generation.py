@@ -12,9 +12,12 @@ from typing_extensions import override
 
 
 def greedy_answers(
-    model: Any, tokenizer: Any, prompts: list[dict[str, Any]], max_new_tokens: int
+    model: Any, tokenizer: Any, prompts: list[dict[str, Any]], max_new_tokens: int, **options: Any
 ) -> list[str]:
-    """Greedy continuations (new tokens only, special tokens dropped) of each prompt."""
+    """Greedy continuations (new tokens only, special tokens dropped) of each prompt.
+
+    `options` go to `generate` (e.g. `num_beams=4`, or `do_sample=True` with a `temperature`).
+    """
     answers = []
     device = next(model.parameters()).device
     for prompt in prompts:
@@ -23,8 +26,8 @@ def greedy_answers(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=max_new_tokens,
-            do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
+            **({"do_sample": False} | options),
         )
         answers.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
     return answers

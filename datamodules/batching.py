@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from datasets import Dataset
@@ -15,16 +15,19 @@ class LengthGroupedBatches(Sampler[int]):
     transformers' `LengthGroupedSampler` draws random megabatches of 50 batches and sorts each by
     length; this cuts its order into batches and shuffles them over the whole epoch, so the model
     does not see a long-to-short run inside every megabatch. A short last batch stays last (the
-    loader cuts batches from consecutive indices). The torch RNG, seeded by the run, draws a new
-    order every epoch.
+    loader cuts batches from consecutive indices). `generator` (training: one seeded from the
+    run's seed and the epoch, see `datamodules.resumable`) or else the torch RNG draws the order.
 
     Args:
         lengths: token count of every row.
         batch_size: the loader's batch size.
+        generator: the random source of the order (None: the global torch RNG).
     """
 
-    def __init__(self, lengths: list[int], batch_size: int):
-        self.lengths, self.batch_size = lengths, batch_size
+    def __init__(
+        self, lengths: list[int], batch_size: int, generator: torch.Generator | None = None
+    ):
+        self.lengths, self.batch_size, self.generator = lengths, batch_size, generator
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -32,13 +35,21 @@ class LengthGroupedBatches(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
-        order = list(LengthGroupedSampler(self.batch_size, lengths=self.lengths))
+        order = list(
+            LengthGroupedSampler(self.batch_size, lengths=self.lengths, generator=self.generator)
+        )
         size = self.batch_size
         full = len(order) // size * size
         batches = [order[i : i + size] for i in range(0, full, size)]
-        for b in torch.randperm(len(batches)).tolist():
+        for b in torch.randperm(len(batches), generator=self.generator).tolist():
             yield from batches[b]
         yield from order[full:]
+
+
+def grouped(ds: Dataset, batch_size: int) -> Callable[[torch.Generator], list[int]]:
+    """The length-grouped training order of a tokenised split, drawn from a given generator."""
+    lengths = [len(ids) for ids in ds["input_ids"]]
+    return lambda generator: list(LengthGroupedBatches(lengths, batch_size, generator))
 
 
 def length_grouped_sampler(ds: Dataset, batch_size: int, shuffle: bool) -> Iterable[int]:

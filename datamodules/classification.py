@@ -10,9 +10,10 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from datamodules import common
-from datamodules.batching import length_grouped_sampler
+from datamodules.batching import grouped, length_grouped_sampler
 from datamodules.families import ClassificationData
 from datamodules.labels import encode_labels, label_names
+from datamodules.resumable import shuffled, training_loader
 from tunelab.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -109,17 +110,19 @@ class ClassificationDataModule(L.LightningDataModule):
 
         assert self.splits is not None, "call setup() first"
         size = self.data.batch_size if split == "train" else self.data.eval_batch_size
-        sampler = None
-        if self.data.group_by_length:
-            sampler = length_grouped_sampler(self.splits[split], size, shuffle)
-        return DataLoader(
-            self.splits[split],
-            batch_size=size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
-            collate_fn=DataCollatorWithPadding(self.tokenizer),
-            num_workers=self.data.num_workers,
-        )
+        kwargs = {
+            "batch_size": size,
+            "collate_fn": DataCollatorWithPadding(self.tokenizer),
+            "num_workers": self.data.num_workers,
+        }
+        ds = self.splits[split]
+        if shuffle:  # an order a resumed run replays (see datamodules.resumable)
+            order = shuffled(len(ds))
+            if self.data.group_by_length:
+                order = grouped(ds, size)
+            return training_loader(self, ds, order, **kwargs)
+        sampler = length_grouped_sampler(ds, size, False) if self.data.group_by_length else None
+        return DataLoader(ds, sampler=sampler, **kwargs)
 
     @override
     def train_dataloader(self) -> DataLoader:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset
 
+from datamodules import checks
 from datamodules.labels import encode_labels, label_names
 from tunelab.errors import DataError
 
@@ -70,13 +71,7 @@ def load_local(location: Path) -> DatasetDict:
     if len(suffixes) != 1 or next(iter(suffixes)) not in BUILDERS:
         raise DataError(f"split files must share one format of {sorted(BUILDERS)}; got {files}")
     builder = BUILDERS[suffixes.pop()]
-    splits = {}
-    for split, file in files.items():
-        try:
-            splits[split] = load_dataset(builder, data_files={split: file}, split=split)
-        except ValueError as err:  # datasets: 'Instruction "test" corresponds to no data!'
-            raise DataError(f"the {split} split ({file}) is empty or unreadable: {err}") from err
-    return DatasetDict(splits)
+    return DatasetDict({split: checks.read_file(builder, split, f) for split, f in files.items()})
 
 
 def load_hub(hub_id: str, path: str, root: str) -> DatasetDict:
@@ -109,9 +104,10 @@ def add_eval_splits(
     if "test" not in data:
         if test_size is None:
             raise DataError(f"the source has no test split (only {sorted(data)})")
-        data["train"], data["test"] = carve(data["train"], test_size, seed, stratify)
+        data["train"], data["test"] = carve(data["train"], test_size, seed, stratify, "test_size")
     if "validation" not in data:
-        data["train"], data["validation"] = carve(data["train"], val_size, seed, stratify)
+        train = data["train"]
+        data["train"], data["validation"] = carve(train, val_size, seed, stratify, "val_size")
     return data
 
 
@@ -119,6 +115,8 @@ def text_and_label(data: DatasetDict, text_column: str, label_column: str) -> Da
     """Only the known splits and the two columns, renamed `text` and `label` (checked first)."""
     data = DatasetDict({s: d for s, d in data.items() if s in SPLIT_ALIASES})
     check_columns(data, [text_column, label_column], ["text_column", "label_column"])
+    checks.check_text(data, text_column, "data.text_column")
+    checks.check_labels(data, label_column, "data.label_column")
     renames = {text_column: "text", label_column: "label"}
     renames = {old: new for old, new in renames.items() if old != new}
     return DatasetDict(
@@ -150,6 +148,7 @@ def classification_splits(
     """
     check_not_empty(data)
     names = names or label_names(data, "label")
+    checks.check_classes(names, "data.label_column")
     data = encode_labels(data, "label", names, into="label")
     data = add_eval_splits(data, val_size, test_size, seed, "label")
     return DatasetDict({s: data[s] for s in ("train", "validation", "test")}), names
@@ -176,14 +175,23 @@ def check_not_empty(data: DatasetDict) -> None:
             )
 
 
-def carve(ds: Dataset, size: float, seed: int, stratify: str | None) -> tuple[Dataset, Dataset]:
-    """Split `size` (a fraction < 1, or a row count) off `ds`, stratified when possible."""
+def carve(
+    ds: Dataset, size: float, seed: int, stratify: str | None, key: str = "val_size"
+) -> tuple[Dataset, Dataset]:
+    """Split `size` (a fraction < 1, or a row count) off `ds`, stratified when possible.
+
+    Raises:
+        DataError: naming `data.<key>` when `ds` is too small for the carve.
+    """
     size = int(size) if size >= 1 else size
     try:
         parts = ds.train_test_split(test_size=size, seed=seed, stratify_by_column=stratify)
     except ValueError as err:  # too few rows per class for a stratified split
         log.warning("stratified split impossible (%s); splitting at random", err)
-        parts = ds.train_test_split(test_size=size, seed=seed)
+        try:
+            parts = ds.train_test_split(test_size=size, seed=seed)
+        except ValueError as too_small:
+            raise checks.carve_error(too_small, ds, size, f"data.{key}") from None
     return parts["train"], parts["test"]
 
 

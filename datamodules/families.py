@@ -57,7 +57,8 @@ class InstructionData(DataConfig):
     Subclasses implement `load(seed) -> {"train": [...], "validation": [...], "test": [...]}`
     with records `{"instruction", "input", "response", "row"}`. `row` says where the example is
     in the source, for error messages: an int is a 0-based row of the source file (of train when
-    the split was carved from it), a string a locator such as `PMID 123`.
+    the split was carved from it), a string a locator such as `PMID 123`. An optional `answer`
+    is the record's gold option when the data has a closed answer set (`answer_options`).
     """
 
     task: ClassVar[str] = "causal_lm"
@@ -71,7 +72,21 @@ class InstructionData(DataConfig):
     batch_size: PositiveInt = 8
     eval_batch_size: PositiveInt = 16
     num_workers: Annotated[int, Field(ge=0)] = 0
+    options: list[str] | None = None  # answer options scored by log-likelihood on test
 
     def load(self, seed: int) -> dict[str, list[Record]]:
         """Train/validation/test records."""
         raise NotImplementedError
+
+    def answer_options(self) -> list[str] | None:
+        """The closed set of answers (e.g. class names) a decoder is scored on, if any.
+
+        With options, `callbacks.option_scoring` scores each test record's options by their
+        log-likelihood after the prompt; the gold option is the record's `answer` field, or
+        its `response` when it has none.
+        """
+        return self.options
+
+    def answer_text(self, option: str) -> str:
+        """The response text that stands for `option` (what the model was trained to write)."""
+        return option

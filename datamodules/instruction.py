@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from datamodules import common, prompting
 from datamodules.families import InstructionData, Record
+from datamodules.resumable import shuffled, training_loader
 from tunelab.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -126,11 +127,11 @@ class InstructionDataModule(L.LightningDataModule):
         if self.data.packing:
             self.splits["train"] = prompting.pack(self.splits["train"], self.max_length)
 
-    def generation_prompts(self, n: int) -> list[dict[str, Any]]:
-        """The first `n` validation examples as prompts (token ids, prompt text, reference)."""
+    def generation_prompts(self, n: int, split: str = "validation") -> list[dict[str, Any]]:
+        """The first `n` examples of `split` as prompts (token ids, prompt text, reference)."""
         chat = prompting.uses_chat_template(self.tokenizer, self.data.template)
         prompts = []
-        for record in self.records["validation"][:n]:
+        for record in self.records[split][:n]:
             text, _ = prompting.prompt_and_response_text(
                 self.tokenizer, record, chat, self.data.system_prompt
             )
@@ -142,13 +143,15 @@ class InstructionDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         assert self.splits is not None, "call setup() first"
         size = self.data.batch_size if split == "train" else self.data.eval_batch_size
-        return DataLoader(
-            self.splits[split],
-            batch_size=size,
-            shuffle=shuffle,
-            collate_fn=partial(prompting.collate, pad_id=self.tokenizer.pad_token_id),
-            num_workers=self.data.num_workers,
-        )
+        kwargs = {
+            "batch_size": size,
+            "collate_fn": partial(prompting.collate, pad_id=self.tokenizer.pad_token_id),
+            "num_workers": self.data.num_workers,
+        }
+        rows = self.splits[split]
+        if shuffle:  # an order a resumed run replays (see datamodules.resumable)
+            return training_loader(self, rows, shuffled(len(rows)), **kwargs)
+        return DataLoader(rows, **kwargs)
 
     @override
     def train_dataloader(self) -> DataLoader:

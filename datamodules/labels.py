@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from datasets import ClassLabel, DatasetDict
 
 from tunelab.errors import DataError
 
 
 def label_names(data: DatasetDict, column: str) -> list[str]:
-    """Class names in id order: a `ClassLabel`'s names, sorted strings, or `0..max` for ints."""
+    """Class names in id order: a `ClassLabel`'s names, else the train split's distinct values.
+
+    Integer labels are sorted as numbers and named by their value: 1001/2002/3003 are three
+    classes "1001", "2002", "3003" (not ids into a 3,004-class head).
+    """
     feature = data["train"].features[column]
     if isinstance(feature, ClassLabel):
         return list(feature.names)
     values = set(data["train"][column])
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return [str(i) for i in range(max(values) + 1)]
+        return [str(v) for v in sorted(values)]
     return sorted(str(v) for v in values)
+
+
+def _ids_given(feature: Any, names: list[str]) -> bool:
+    """Whether integer labels are ids into `names`, not values named by `label_names`.
+
+    They are ids for a `ClassLabel`, or when the names are not numbers (a loader's class list).
+    """
+    if isinstance(feature, ClassLabel):
+        return True
+    if not str(getattr(feature, "dtype", "")).startswith("int"):
+        return False
+    return not all(name.lstrip("-").isdigit() for name in names)
 
 
 def encode_labels(
@@ -31,9 +49,7 @@ def encode_labels(
     index = {name: i for i, name in enumerate(names)}
     encoded = {}
     for split, ds in data.items():
-        is_ids = isinstance(ds.features[column], ClassLabel) or ds.features[
-            column
-        ].dtype.startswith("int")
+        is_ids = _ids_given(ds.features[column], names)
         values = ds[column]
         ids = [v if is_ids else index.get(str(v), -1) for v in values]
         bad = [

@@ -12,6 +12,7 @@ from tunelab.errors import DataError
 # The only fields read from `ori_pqal.json`; the annotators' `reasoning_*_pred` labels are
 # annotator output and must never reach the model.
 USED_FIELDS = ("QUESTION", "CONTEXTS", "LABELS", "LONG_ANSWER", "final_decision")
+DECISIONS = ("yes", "no", "maybe")
 
 
 def _record(pmid: str, entry: dict) -> Record:
@@ -68,8 +69,17 @@ class PubMedQA(InstructionData):
             "instruction": record["question"],
             "input": record["context"],
             "response": response,
+            "answer": record["decision"],
             "row": f"PMID {record['pmid']}",
         }
+
+    def answer_options(self) -> list[str] | None:
+        """The decisions yes, no and maybe (scored after question + abstract, no long answer)."""
+        return list(DECISIONS)
+
+    def answer_text(self, option: str) -> str:
+        """`Answer: <decision>` as trained with `append_decision`, else the bare decision."""
+        return f"Answer: {option}" if self.append_decision else option
 
     def load(self, seed: int) -> dict[str, list[Record]]:
         """Train/validation from the non-test PMIDs (seeded shuffle), test = the test PMIDs."""

@@ -90,8 +90,14 @@ class FineTuneModule(L.LightningModule):
         loss = self.compute_loss(outputs, batch) if stage == "train" else outputs.loss
         size = batch["labels"].shape[0]
         train = stage == "train"
-        self.log(
-            f"{stage}/loss", loss, prog_bar=True, batch_size=size, on_epoch=not train, on_step=train
+        self.log(  # sync_dist: under DDP the mean over all processes, as on one process
+            f"{stage}/loss",
+            loss,
+            prog_bar=True,
+            batch_size=size,
+            on_epoch=not train,
+            on_step=train,
+            sync_dist=True,
         )
         if not train:
             metrics = self.val_metrics if stage == "val" else self.test_metrics
@@ -101,7 +107,7 @@ class FineTuneModule(L.LightningModule):
     def _log_epoch_metrics(self, stage: str) -> None:
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         values = tasks.compute_metrics(metrics, self.oos)
-        self.log_dict(values, prog_bar=stage == "val")
+        self.log_dict(values, prog_bar=stage == "val", sync_dist=True)  # torchmetrics synced
         metrics.reset()
 
     @override

@@ -26,7 +26,7 @@ from tunelab.schema import MethodConfig, ModelConfig, ModelProbe, PositiveInt, P
 def resolve_teacher(teacher: str, tracking_uri: str | None) -> Path:
     """A local folder or `.ckpt` for `method.teacher` (a glob picks the newest match).
 
-    `mlflow:<run_id>` downloads that run's `model` artifact.
+    `mlflow:<run_id>` downloads that run's MLflow Model `model` (its export folder).
     """
     if teacher.startswith("mlflow:"):
         from mlflow.artifacts import download_artifacts
@@ -36,12 +36,14 @@ def resolve_teacher(teacher: str, tracking_uri: str | None) -> Path:
         run_id = teacher.removeprefix("mlflow:")
         uri = absolute_uri(tracking_uri) if tracking_uri else None
         try:
-            return Path(download_artifacts(run_id=run_id, artifact_path="model", tracking_uri=uri))
+            model = Path(download_artifacts(artifact_uri=f"runs:/{run_id}/model", tracking_uri=uri))
         except Exception as err:
             raise ModelLoadError(
                 f"method.teacher={teacher}: cannot download artifact 'model' of run {run_id} "
                 f"from {uri}: {str(err).splitlines()[0]}"
             ) from err
+        export = model / "artifacts" / "export"  # the MLflow Model wraps the export folder
+        return export if export.is_dir() else model
     matches = sorted(glob.glob(str(Path(teacher).expanduser())), key=os.path.getmtime)
     if not matches:
         raise ModelLoadError(

@@ -57,6 +57,7 @@ def quantization_config(model: ModelConfig) -> Any:
         bnb_4bit_quant_type=model.quantize,
         bnb_4bit_use_double_quant=model.double_quant,
         bnb_4bit_compute_dtype=TORCH_DTYPES[model.compute_dtype],
+        bnb_4bit_quant_storage=TORCH_DTYPES.get(model.quant_storage, torch.uint8),
     )
 
 

@@ -19,17 +19,16 @@ from typing import Any
 import lightning as L
 import optuna
 from omegaconf import DictConfig
-from optuna.trial import TrialState
 from typing_extensions import override
 
 from callbacks.optuna_pruning import OptunaPruning, reports_per_epoch
-from sweeps import report
+from sweeps import budget, report
+from sweeps.locks import setup_lock
 from sweeps.space import SweepConfig, suggest, trial_config
+from sweeps.stale import close_dead_trial
 from tunelab.errors import TunelabError
 from tunelab.schema import RunConfig
-from tunelab.tracking import sqlite_lock
-
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+from tunelab.signals import Interrupted
 
 
 class SweepInterrupted(TunelabError):
@@ -50,7 +49,10 @@ class TrialRecorder(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.run_id = trainer.logger.run_id
         self.trial.set_user_attr("mlflow_run_id", self.run_id)
-        trainer.logger.experiment.set_tag(self.run_id, "mlflow.runName", f"trial_{self.number}")
+        name = trainer.logger.experiment.get_run(self.run_id).info.run_name
+        if not name.startswith("#"):  # `#3 lora r=8 lr=3e-4`: trial number, what differs
+            name = f"#{self.number} {name}"
+            trainer.logger.experiment.set_tag(self.run_id, "mlflow.runName", name)
         for key, value in self.tags("running").items():
             trainer.logger.experiment.set_tag(self.run_id, key, value)
 
@@ -77,7 +79,9 @@ class TrialRecorder(L.Callback):
         return {"sweep": self.study_name, "trial": str(self.number), "state": state}
 
 
-def make_storage(url: str) -> optuna.storages.RDBStorage:
+def make_storage(
+    url: str, heartbeat_interval: int = 60, grace_period: int = 180
+) -> optuna.storages.RDBStorage:
     """An RDB storage shared safely by several workers (heartbeats retry dead workers' trials)."""
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
@@ -85,8 +89,8 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
     return RDBStorage(
         url,
         engine_kwargs={"connect_args": {"timeout": 120}} if sqlite else {"pool_pre_ping": True},
-        heartbeat_interval=60,
-        grace_period=180,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
         failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
     )
 
@@ -139,7 +143,7 @@ def load_study(space: SweepConfig, run: RunConfig) -> optuna.Study:
     """Create the study, or load it when `study_name` already exists in the storage."""
     study = optuna.create_study(
         study_name=space.study_name or run.name,
-        storage=make_storage(space.storage),
+        storage=make_storage(space.storage, space.heartbeat_interval, space.grace_period),
         direction=space.direction,
         pruner=make_pruner(space, max_reports(run)),
         load_if_exists=True,
@@ -161,14 +165,20 @@ class Objective:
         recorder = TrialRecorder(
             trial, trial.study.study_name, self.space.metric, self.space.direction
         )
+        close_dead_trial(trial, self.run.logger.tracking_uri)  # rerun of a dead worker's trial
         try:
             result = self._train(trial, recorder)
         except optuna.TrialPruned:
-            self._close(recorder, "pruned", "KILLED")
+            self._close(recorder, "pruned", "FINISHED")  # stopped on purpose, not crashed
             raise
+        except Interrupted as err:  # SIGINT/SIGTERM: checkpoint saved, the sweep stops
+            self._close(recorder, "failed", "KILLED", f"interrupted ({err})")
+            trial.set_user_attr("interrupted", True)  # not counted: rerun by the next start
+            raise KeyboardInterrupt from err  # what Optuna records as FAIL and re-raises
         except (KeyboardInterrupt, SystemExit) as err:  # Lightning turns Ctrl-C into SystemExit
             signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT
             self._close(recorder, "failed", "KILLED", "interrupted (Ctrl-C)")
+            trial.set_user_attr("interrupted", True)
             raise KeyboardInterrupt from err
         except Exception as err:  # OOM, NaN loss, impossible combination: FAIL, study goes on
             self._close(recorder, "failed", "FAILED", f"{type(err).__name__}: {err}")
@@ -188,12 +198,17 @@ class Objective:
         trial_cfg = trial_config(self.args, suggest(trial, self.space, self.args))
         run = validate(trial_cfg)
         folder = Path(run.output_root) / self.run.name / trial.study.study_name
+        pruning = OptunaPruning(trial, self.space.metric)
+        previous, earlier = budget.earlier_attempt(trial, folder)  # a rerun continues it
+        if earlier is not None:
+            budget.carry_reports(earlier, trial, pruning, recorder)
         result = run_experiment(
             trial_cfg,
             run,
-            callbacks=[recorder, OptunaPruning(trial, self.space.metric)],
+            callbacks=[recorder, pruning],
             parent_run_id=self.parent_id,
-            run_dir=folder / f"trial_{trial.number}",
+            run_dir=previous.run_dir if previous else folder / f"trial_{trial.number}",
+            previous=previous,
         )
         if recorder.best is None:
             raise TunelabError(f"sweep.metric {self.space.metric} was never logged at validation")
@@ -212,7 +227,19 @@ class Objective:
 
 
 def _remaining(study: optuna.Study, space: SweepConfig) -> int:
-    return space.n_trials - len(study.get_trials(deepcopy=False, states=COUNTED))
+    return budget.remaining(study, space.n_trials)
+
+
+def _optimize(study: optuna.Study, objective: Objective, space: SweepConfig) -> None:
+    """Run trials until the study's budget of finished trials is reached (by any worker)."""
+    if _remaining(study, space) > 0:
+        study.optimize(
+            objective,
+            n_trials=_remaining(study, space),
+            timeout=space.timeout,
+            catch=(Exception,),
+            callbacks=[budget.StopAtBudget(space.n_trials)],
+        )
 
 
 def run_sweep(args: list[str], cfg: DictConfig, run: RunConfig, space: SweepConfig) -> optuna.Study:
@@ -224,25 +251,22 @@ def run_sweep(args: list[str], cfg: DictConfig, run: RunConfig, space: SweepConf
         run: the same, validated.
         space: the validated search space (`sweeps.space.check_sweep`).
     """
-    from optuna.study import MaxTrialsCallback
-
     from tunelab.report import quiet_libraries
 
     quiet_libraries()
-    with sqlite_lock(space.storage):  # workers started together: one study, one parent run
+    with setup_lock(space.storage):  # workers started together: one study, one parent run
         study = load_study(space, run)
         parent_id = report.open_parent(study, space, cfg, run)
+        budget.rerun_interrupted(study)  # under the lock: queued once, not once per worker
     try:
-        if _remaining(study, space) > 0:
-            study.optimize(
-                Objective(args, run, space, parent_id),
-                n_trials=_remaining(study, space),
-                timeout=space.timeout,
-                catch=(Exception,),
-                callbacks=[MaxTrialsCallback(space.n_trials, states=COUNTED)],
-            )
-    except KeyboardInterrupt:
+        _optimize(study, Objective(args, run, space, parent_id), space)
+    except Interrupted:
         report.close_parent(study, space, args, run, parent_id, "KILLED")
+        raise
+    except KeyboardInterrupt as err:
+        report.close_parent(study, space, args, run, parent_id, "KILLED")
+        if isinstance(err.__cause__, Interrupted):  # a signal: exit 130/143 with the resume line
+            raise err.__cause__ from None
         raise SweepInterrupted(
             f"sweep interrupted; study '{study.study_name}' is saved in {space.storage}: "
             "rerun the same command to resume"

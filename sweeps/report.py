@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeps.space import SweepConfig, trial_config
 from tunelab.config import available
+from tunelab.run_info import run_link
 from tunelab.schema import RunConfig
 from tunelab.tracking import absolute_uri, ensure_experiment, flatten, run_tags
 
@@ -124,14 +125,25 @@ def save_plots(study: optuna.Study, folder: Path) -> list[Path]:
     return saved
 
 
+def best_recipe_path(study: optuna.Study, space: SweepConfig, run: RunConfig) -> Path:
+    """Where a study's best recipe goes: `<study>_best.yaml`, one file per study.
+
+    Beside the study's trials (`<output_root>/<name>/<study>/`), or in
+    `sweep.best_experiment_dir` when set; never in the source tree unless asked.
+    """
+    folder = space.best_experiment_dir or Path(run.output_root) / run.name / study.study_name
+    return Path(folder) / f"{study.study_name}_best.yaml"
+
+
 def write_best_experiment(
     study: optuna.Study, space: SweepConfig, args: list[str], run: RunConfig
 ) -> Path:
-    """`<best_experiment_dir>/<name>_best.yaml`: the best trial as a ready recipe."""
+    """The best trial as a ready recipe (see `best_recipe_path`)."""
     best = study.best_trial
     trial_cfg = trial_config(args, best.params)
     del trial_cfg["sweep"]
-    name = f"{run.name}_best"
+    path = best_recipe_path(study, space, run)
+    name = path.stem
     trial_cfg.name = name
     defaults = [
         {f"override /{group}": str(trial_cfg[group].name)}
@@ -146,24 +158,17 @@ def write_best_experiment(
         f"# python run.py experiment={name}\n"
         f"# Best of sweep '{study.study_name}' (trial {best.number}): "
         f"{space.metric}={best.value:.4f} with {shown}\n"
+        f"# (copy this file into experiments/ to run it; sweep.best_experiment_dir=experiments "
+        "writes it there)\n"
     )
-    path = Path(space.best_experiment_dir) / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + OmegaConf.to_yaml(body))
     return path
 
 
 def _log_best(client: MlflowClient, parent_id: str, study: optuna.Study, folder: Path) -> None:
-    best = study.best_trial
-    metrics = {"best/value": best.value, "best/trial": best.number}
-    metrics |= {f"best/{k}": v for k, v in best.params.items() if isinstance(v, int | float)}
-    test = best.user_attrs.get("test_metrics") or {}
-    metrics |= {f"best/{k}": v for k, v in test.items()}  # recorded only; selection uses val
-    for key, value in metrics.items():
-        client.log_metric(parent_id, key, float(value), step=len(study.trials))
-    client.set_tag(parent_id, "best.params", json.dumps(best.params))
-    client.set_tag(parent_id, "best.trial", str(best.number))
-    (folder / "best_params.json").write_text(json.dumps(best.params, indent=2))
+    """The best params as an artifact (values and scores: `sweeps.best.finish_parent`)."""
+    (folder / "best_params.json").write_text(json.dumps(study.best_trial.params, indent=2))
 
 
 def close_parent(
@@ -175,9 +180,11 @@ def close_parent(
     status: str,
 ) -> Path | None:
     """Log counts, best value/params, plots, trials table and best recipe; end the parent run."""
+    from sweeps.best import finish_parent
+
     client = _client(run)
-    for state, count in trial_counts(study).items():
-        client.log_metric(parent_id, f"trials/{state}", count, step=len(study.trials))
+    # tags, the best trial's scores and link, the registered champion
+    finish_parent(client, run, parent_id, study, status, trial_counts(study))
     best_file = None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -203,9 +210,10 @@ def print_summary(study: optuna.Study, space: SweepConfig, run: RunConfig, paren
         best = study.best_trial
         table.add_row(f"best {space.metric}", f"{best.value:.4f} (trial {best.number})")
         table.add_row("best params", json.dumps(best.params))
-        table.add_row("best recipe", str(Path(space.best_experiment_dir) / f"{run.name}_best.yaml"))
+        table.add_row("best recipe", str(best_recipe_path(study, space, run)))
     table.add_row("storage", redact(space.storage))
-    table.add_row("MLflow parent run", parent_id)
+    experiment_id = _client(run).get_run(parent_id).info.experiment_id
+    table.add_row("MLflow parent run", f"{parent_id}  ->  {run_link(experiment_id, parent_id)}")
     Console().print(table)
 
 

@@ -86,6 +86,8 @@ class SweepConfig(Strict):
     timeout: Annotated[float, Field(gt=0)] | None = None
     study_name: str | None = None
     storage: str = "sqlite:///optuna.db"
+    heartbeat_interval: PositiveInt = 60  # s between a running trial's heartbeats
+    grace_period: PositiveInt = 180  # s without one before another worker fails and reruns it
     sampler: Literal["tpe", "random"] = "tpe"
     n_startup_trials: Annotated[int, Field(ge=0)] = 5
     seed: Annotated[int, Field(ge=0)] | None = 42
@@ -97,7 +99,7 @@ class SweepConfig(Strict):
     metric: str = Field(default="val/acc", pattern=r"^val/")
     direction: Literal["maximize", "minimize"] = "maximize"
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
-    best_experiment_dir: str = "experiments"
+    best_experiment_dir: str | None = None  # None: <output_root>/<name>/<study>/<study>_best.yaml
     params: dict[str, Distribution] = Field(min_length=1)
 
 

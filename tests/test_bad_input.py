@@ -43,7 +43,7 @@ def test_missing_column_names_the_columns_and_the_override(intent_data, tiny_ber
 def test_empty_split_is_named(tmp_path, tiny_bert):
     write_intents(tmp_path / "intents")
     rewrite(tmp_path / "intents" / "test.csv", [])
-    with pytest.raises(DataError, match=r"the test split .* is empty"):
+    with pytest.raises(DataError, match=r"test\.csv \(the test split\) has no rows"):
         datamodule(tmp_path, tiny_bert).setup()
 
 

@@ -9,6 +9,7 @@ import torch
 
 from datamodules.batching import LengthGroupedBatches
 from datamodules.classification import ClassificationDataModule
+from datamodules.resumable import EpochOrder
 from datamodules.text_classification import TextClassification
 
 
@@ -69,4 +70,4 @@ def test_datamodule_sorts_evaluation_and_groups_training(tiny_bert: Path, intent
     assert rows == len(grouped.splits["train"])
     plain = _datamodule(tiny_bert, intent_data, group_by_length=False)
     plain.setup("fit")
-    assert isinstance(plain.train_dataloader().sampler, torch.utils.data.RandomSampler)
+    assert isinstance(plain.train_dataloader().sampler, EpochOrder)  # shuffled, resumable

@@ -68,7 +68,9 @@ def test_lora_fits_and_logs_generations_and_mask_preview(lora_run):
     assert {"val/loss", "val/ppl", "test/loss", "test/ppl"} <= set(metrics)
     assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=0.2)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model", "merged_model", "generations", "mask_preview.txt"} <= artifacts
+    assert {"merged_model", "generations", "mask_preview.txt"} <= artifacts
+    [output] = run.outputs.model_outputs  # the adapter export, logged as the MLflow Model `model`
+    assert client.get_logged_model(output.model_id).name == "model"
     tables = [a.path for a in client.list_artifacts(run.info.run_id, "generations")]
     assert len(tables) == 2  # validation every 10 of 20 epochs
     table = json.loads((run_dir / "generations" / Path(tables[-1]).name).read_text())
@@ -166,6 +168,6 @@ def test_qlora_trains_an_encoder_classifier_head(workdir, bert64, intent_data):
     [run_dir] = (workdir / "outputs" / "quickstart").iterdir()
     adapter = json.loads((run_dir / "export" / "adapter_config.json").read_text())
     assert "classifier" in adapter["modules_to_save"]
-    [ckpt] = (run_dir / "checkpoints").glob("*.ckpt")
+    [ckpt] = (run_dir / "checkpoints").glob("best-*.ckpt")  # resume.ckpt beside it
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert any("classifier" in k for k in state) and any("lora_A" in k for k in state)

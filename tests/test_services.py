@@ -1,0 +1,153 @@
+"""Sweep workers on real servers: an Optuna study on PostgreSQL, runs on an MLflow server.
+
+`. .ci/services.sh` starts both and exports TUNELAB_TEST_POSTGRES_URL and
+TUNELAB_TEST_MLFLOW_URL; without them these tests skip. Each worker is `python run.py ...
+sweep=...` with `sweep.storage=postgresql://...` and `MLFLOW_TRACKING_URI=http://...`, exactly
+the two-machine recipe of the README, on the tiny BERT.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import REPO, tiny_overrides
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+POSTGRES = os.environ.get("TUNELAB_TEST_POSTGRES_URL", "")
+MLFLOW = os.environ.get("TUNELAB_TEST_MLFLOW_URL", "")
+
+pytestmark = [
+    pytest.mark.services,
+    pytest.mark.skipif(
+        not (POSTGRES and MLFLOW), reason="needs `. .ci/services.sh` (PostgreSQL, MLflow server)"
+    ),
+]
+
+
+def worker(tiny_bert: Path, intent_data: Path, workdir: Path, *extra: str) -> subprocess.Popen:
+    """Start one sweep worker (full fine-tuning of the tiny BERT over optim.lr)."""
+    base = [
+        a
+        for a in tiny_overrides(tiny_bert, intent_data, "trainer.max_epochs=2")
+        if not a.startswith("logger.tracking_uri")  # the server, from MLFLOW_TRACKING_URI
+    ]
+    args = [
+        "experiment=full_minilm_banking77",
+        "sweep=full_lr",
+        *base,
+        "data.batch_size=8",
+        "export.save_model=false",
+        f"sweep.storage={POSTGRES}",
+        "sweep.pruner=none",
+        "sweep.params={optim.lr: {type: float, low: 1e-4, high: 1e-2, log: true}}",
+        *extra,
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": MLFLOW}
+    command = [sys.executable, str(REPO / "run.py"), *args]
+    return subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True)
+
+
+def names() -> tuple[str, str]:
+    """A fresh study name and MLflow experiment (the servers outlive the tests)."""
+    tag = uuid.uuid4().hex[:8]
+    return f"services_{tag}", f"tunelab_services_{tag}"
+
+
+def runs_of(experiment: str) -> tuple[list, list]:
+    """The parent runs and the child (trial) runs of an MLflow experiment on the server."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(MLFLOW)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("sweep.role") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def check_one_study(study: optuna.Study, experiment: str) -> list:
+    """Trial numbers 0..n-1, one parent run, each trial exactly one child run under it."""
+    numbers = [t.number for t in study.trials]
+    assert numbers == list(range(len(numbers)))
+    parents, children = runs_of(experiment)
+    assert [p.info.run_id for p in parents] == [study.user_attrs["mlflow_parent_run_id"]]
+    assert parents[0].info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert sorted(int(c.data.tags["trial"]) for c in children) == numbers
+    return children
+
+
+def test_three_workers_started_together_share_one_study(
+    workdir: Path, tiny_bert: Path, intent_data: Path
+):
+    study_name, experiment = names()
+    extra = (f"sweep.study_name={study_name}", f"logger.experiment_name={experiment}")
+    workers = [
+        worker(tiny_bert, intent_data, workdir, "sweep.n_trials=4", *extra) for _ in range(3)
+    ]
+    assert [w.wait(timeout=600) for w in workers] == [0, 0, 0]
+
+    study = optuna.load_study(study_name=study_name, storage=POSTGRES)
+    assert 4 <= len(study.trials) <= 6  # each worker stops once the study holds 4
+    assert {t.state for t in study.trials} == {TrialState.COMPLETE}
+    children = check_one_study(study, experiment)
+    assert {c.info.status for c in children} == {"FINISHED"}
+
+
+def wait_for_running_trial(
+    study_name: str, process: subprocess.Popen, timeout: float = 300
+) -> optuna.trial.FrozenTrial:
+    """The first trial that is training (its MLflow child run exists)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=POSTGRES)
+        except KeyError:  # not created yet
+            study = None
+        for trial in study.trials if study else []:
+            if trial.state == TrialState.RUNNING and "mlflow_run_id" in trial.user_attrs:
+                return trial
+        time.sleep(0.5)
+    raise AssertionError("no trial started training")
+
+
+def test_a_killed_workers_trial_is_failed_by_heartbeat_and_rerun(
+    workdir: Path, tiny_bert: Path, intent_data: Path
+):
+    study_name, experiment = names()
+    extra = [
+        f"sweep.study_name={study_name}",
+        f"logger.experiment_name={experiment}",
+        "sweep.n_trials=3",
+        "sweep.heartbeat_interval=1",
+        "sweep.grace_period=3",
+    ]
+    doomed = worker(tiny_bert, intent_data, workdir, "trainer.max_epochs=50", *extra)
+    killed = wait_for_running_trial(study_name, doomed)
+    time.sleep(2)  # its child run gets its tags right after
+    os.killpg(doomed.pid, signal.SIGKILL)
+    doomed.wait(timeout=60)
+    time.sleep(4)  # past the grace period: the trial's heartbeat is stale
+    survivors = [worker(tiny_bert, intent_data, workdir, *extra) for _ in range(2)]
+    assert [w.wait(timeout=600) for w in survivors] == [0, 0]
+
+    study = optuna.load_study(study_name=study_name, storage=POSTGRES)
+    trials = study.trials
+    assert trials[killed.number].state == TrialState.FAIL
+    rerun_of = RetryFailedTrialCallback.retried_trial_number
+    reruns = [t for t in trials if rerun_of(t) == killed.number]
+    assert len(reruns) == 1 and reruns[0].state == TrialState.COMPLETE
+    assert reruns[0].params == killed.params
+    assert all(t.state == TrialState.COMPLETE for t in trials if t.number != killed.number)
+    children = {int(c.data.tags["trial"]): c for c in check_one_study(study, experiment)}
+    assert children[killed.number].info.status == "FAILED"
+    assert "no heartbeat" in children[killed.number].data.tags["fail_reason"]

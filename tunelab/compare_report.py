@@ -1,0 +1,138 @@
+"""A method comparison's parent run in MLflow, its table (CSV + Markdown) and its plot."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from tunelab.tracking import absolute_uri, ensure_experiment, run_tags
+
+COLUMNS = ["method", "lr", "score", "trainable_params", "total_params", "trainable_pct"]
+COLUMNS += ["peak_memory_mb", "train_samples_per_s", "wall_time_s", "run_id", "error"]
+TEXT_COLUMNS = ("method", "run_id", "error", "memory_kind")
+# (row key, Markdown header, format) of the comparison table
+TABLE = [
+    ("method", "method", "{}"),
+    ("lr", "lr", "{:g}"),
+    ("score", "{metric}", "{:.4f}"),
+    ("trainable_params", "trainable params", "{:,.0f}"),
+    ("trainable_pct", "% trainable", "{:.2f}"),
+    ("peak_memory_mb", "peak memory (MiB)", "{:.0f}"),
+    ("train_samples_per_s", "train samples/s", "{:.1f}"),
+    ("wall_time_s", "wall time (s)", "{:.0f}"),
+]
+
+
+def _client(run: Any) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(absolute_uri(run.logger.tracking_uri))
+
+
+def open_parent(plan: Any, cfg: Any, run: Any) -> tuple[str, str]:
+    """Create the comparison's parent run; (run id, experiment id)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    uri = absolute_uri(run.logger.tracking_uri)
+    experiment_id = ensure_experiment(uri, run.logger.experiment_name)
+    tags = run_tags(resolved) | {"method": ",".join(plan.methods), "compare.role": "parent"}
+    client = _client(run)
+    parent = client.create_run(experiment_id, run_name=f"compare_{plan.recipe}", tags=tags)
+    parent_id = parent.info.run_id
+    for key, value in {
+        "compare.recipe": plan.recipe,
+        "compare.methods": ",".join(plan.methods),
+        "compare.tune_lr": plan.tune_lr,
+        "compare.overrides": " ".join(plan.shared)[:6000],
+    }.items():
+        client.log_param(parent_id, key, str(value))
+    return parent_id, experiment_id
+
+
+def cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    """One formatted table cell; `-` for a missing or NaN value."""
+    value = row.get(key)
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> list[str]:
+    """Markdown lines of `rows` with `(key, header, format)` columns."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |"]
+    lines.append("|" + "---|" * len(columns))
+    lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in columns) + " |" for r in rows]
+    return lines
+
+
+def plot_scores(rows: list[dict], path: Path, key: str, ylabel: str, title: str) -> None:
+    """`key` against trainable parameters (log x), one labelled point per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        if not row.get("trainable_params") or row.get(key) in (None, ""):
+            continue
+        point = (float(row["trainable_params"]), float(row[key]))
+        axes.scatter(*point)
+        axes.annotate(row["method"], point, fontsize=9, xytext=(4, 4), textcoords="offset points")
+    axes.set_xscale("log")
+    axes.set(xlabel="trainable parameters (log scale)", ylabel=ylabel)
+    axes.set_title(title, fontsize=9)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write(rows: list[dict[str, Any]], metric: str, plan: Any, folder: Path) -> list[Path]:
+    """Write `compare.csv`, `compare.md` and `score_vs_params.png` into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "compare.csv", folder / "compare.md", folder / "score_vs_params.png"]
+    with open(paths[0], "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*COLUMNS, "memory_kind"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    columns = [(k, h.format(metric=metric), f) for k, h, f in TABLE]
+    kinds = sorted({r.get("memory_kind", "") for r in rows} - {""})
+    own = ["methods=[" + ",".join(plan.methods) + "]", *(["tune_lr=true"] if plan.tune_lr else [])]
+    command = " ".join([*plan.shared, *own, *plan.sweep_args])
+    lines = [
+        f"# Methods on `{plan.recipe}` (score: `{metric}`)",
+        "",
+        f"- Command: `python compare.py {command}`",
+        f"- Machine: {os.cpu_count()} CPU cores, {platform.machine()}; "
+        f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- Peak memory: {', '.join(kinds) or '-'} (cpu_rss: process RSS during training; "
+        "cuda_allocated: the CUDA allocator's peak). Speed: training batches only.",
+        "",
+        *markdown_table(rows, columns),
+    ]
+    lines += [f"- {r['method']} failed: {r['error']}" for r in rows if r["error"]]
+    paths[1].write_text("\n".join(lines) + "\n")
+    title = f"{plan.recipe} · {', '.join(plan.methods)}"
+    plot_scores([r for r in rows if not r["error"]], paths[2], "score", metric, title)
+    return paths
+
+
+def close_parent(
+    run: Any, parent_id: str, rows: list[dict], metric: str, folder: Path, status: str
+) -> None:
+    """Log the table, the plot and one metric per method to the parent run; end it."""
+    client = _client(run)
+    for path in (folder / "compare.csv", folder / "compare.md", folder / "score_vs_params.png"):
+        if path.exists():
+            client.log_artifact(parent_id, str(path))
+    for row in rows:
+        if not row["error"] and isinstance(row.get("score"), float):
+            client.log_metric(parent_id, f"compare/{row['method']}/{metric}", row["score"])
+    client.set_terminated(parent_id, status)

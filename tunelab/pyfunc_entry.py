@@ -1,0 +1,7 @@
+"""The MLflow "model from code" file of tunelab's pyfunc: `TunelabModel` wrapping an export."""
+
+from mlflow.models import set_model
+
+from tunelab.mlflow_model import TunelabModel
+
+set_model(TunelabModel())

@@ -1,0 +1,228 @@
+"""Which run a command resumes, and the state file that lets the next start decide.
+
+Every run folder holds `run.json`: the MLflow run id, the status (`running`, `killed`,
+`failed`, `finished`), the process (host and pid) and the resolved config. On start,
+`resume=true` (the default) looks through `<output_root>/<name>/` for the newest run that was
+interrupted (killed, or `running` with no live process) and has the same config, and continues
+it in the same folder and MLflow run from `checkpoints/resume.ckpt`. Runs found dead and not
+resumed are marked killed (here and in MLflow), never left running. `resume=false` starts a new
+run; `resume=<run folder or MLflow run id>` resumes that run, refusing a different config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import ConfigError
+from tunelab.distributed import is_rank_zero
+from tunelab.schema import RunConfig
+
+STATE_FILE = "run.json"
+CHECKPOINT = Path("checkpoints") / "resume.ckpt"
+IGNORED = ("resume", "trainer.enable_progress_bar")  # keys that may change between attempts
+INTERRUPTED = ("killed", "running")
+
+
+@dataclass
+class Previous:
+    """An interrupted run to continue: its folder, MLflow run id and checkpoint (if any)."""
+
+    run_dir: Path
+    run_id: str
+    checkpoint: str | None
+
+
+def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"method": {"r": 8}}` -> `{"method.r": 8}`."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        flat |= flat_config(value, path) if isinstance(value, dict) else {path: value}
+    return flat
+
+
+def comparable(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The flat config two attempts of one run must share (as JSON keeps it: lists, not tuples)."""
+    flat = json.loads(json.dumps(flat_config(resolved), default=str))
+    return {k: v for k, v in flat.items() if k not in IGNORED}
+
+
+def read_state(run_dir: Path) -> dict[str, Any] | None:
+    """The run's `run.json`, or None when missing or unreadable."""
+    try:
+        return json.loads((run_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_state(run_dir: Path, status: str, **fields: Any) -> None:
+    """Update the run's `run.json` (written atomically) with a status and other fields."""
+    if not is_rank_zero():  # several processes (DDP): rank 0 keeps the state
+        return
+    state = (read_state(run_dir) or {}) | fields | {"status": status}
+    tmp = run_dir / f"{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2, default=str))
+    os.replace(tmp, run_dir / STATE_FILE)
+
+
+def mark_running(run_dir: Path, run_id: str, resolved: dict[str, Any]) -> None:
+    """Record that this process now runs `run_dir` (MLflow run `run_id`)."""
+    write_state(
+        run_dir,
+        "running",
+        run_id=run_id,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        config=comparable(resolved),
+    )
+
+
+def finished(run_dir: Path) -> None:
+    """Mark the run finished and drop its resume checkpoint (the best checkpoint stays)."""
+    write_state(run_dir, "finished")
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+
+
+def is_live(state: dict[str, Any]) -> bool:
+    """Whether the process that runs this state is alive (on this host: checked by pid)."""
+    if state.get("status") != "running":
+        return False
+    if state.get("host") != socket.gethostname():
+        return True  # another machine's run: assume it is alive
+    try:
+        os.kill(int(state["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key: was X, now Y` for every key that differs between two flat configs."""
+    keys = sorted(set(saved) | set(now))
+    missing = "(unset)"
+    return [
+        f"{k}: was {saved.get(k, missing)!r}, now {now.get(k, missing)!r}"
+        for k in keys
+        if saved.get(k, missing) != now.get(k, missing)
+    ]
+
+
+def previous_of(run_dir: Path, state: dict[str, Any]) -> Previous:
+    """The `Previous` for a run folder and its state."""
+    ckpt = run_dir / CHECKPOINT
+    return Previous(run_dir, state["run_id"], str(ckpt) if ckpt.exists() else None)
+
+
+def mark_killed(run_dir: Path, state: dict[str, Any], tracking_uri: str) -> None:
+    """A dead run that is not resumed: killed in `run.json` and in MLflow."""
+    from tunelab.tracking import set_run_status
+
+    write_state(run_dir, "killed")
+    if state.get("run_id"):
+        set_run_status(tracking_uri, state["run_id"], "KILLED")
+
+
+def run_folders(run: RunConfig) -> list[Path]:
+    """This experiment's run folders with a state file, newest first."""
+    base = Path(run.output_root) / run.name
+    if not base.is_dir():
+        return []
+    found = [p for p in base.iterdir() if (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: (p / STATE_FILE).stat().st_mtime, reverse=True)
+
+
+def select(run: RunConfig, resolved: dict[str, Any]) -> Previous | None:
+    """The interrupted run this command continues, or None to start a new one.
+
+    Dead runs that are not continued are marked killed. `resume` is `run.resume`.
+
+    Raises:
+        ConfigError: `resume=<run>` names no run of this experiment, a finished run, or a run
+            whose config differs (every differing key is listed).
+    """
+    choice = getattr(run, "resume", True)
+    now = comparable(resolved)
+    if isinstance(choice, str):
+        return _named(run, choice, now)
+    chosen = None
+    for folder in run_folders(run):
+        state = read_state(folder) or {}
+        if state.get("status") not in INTERRUPTED or is_live(state):
+            continue
+        if chosen is None and choice and not differences(state.get("config", {}), now):
+            chosen = previous_of(folder, state)
+        elif state.get("status") == "running":
+            mark_killed(folder, state, run.logger.tracking_uri)
+    return chosen
+
+
+def _named(run: RunConfig, choice: str, now: dict[str, Any]) -> Previous:
+    """`resume=<run folder or MLflow run id>`: that run, checked."""
+    folder = Path(choice).expanduser()
+    if not (folder / STATE_FILE).is_file():
+        matches = [p for p in run_folders(run) if (read_state(p) or {}).get("run_id") == choice]
+        if not matches:
+            raise ConfigError(
+                [
+                    f"resume={choice}: no run folder with {STATE_FILE} and no run of experiment "
+                    f"'{run.name}' under {Path(run.output_root) / run.name} with that MLflow run "
+                    "id; give a run folder or run id, resume=true (newest interrupted run) or "
+                    "resume=false (a new run)"
+                ]
+            )
+        folder = matches[0]
+    state = read_state(folder) or {}
+    if state.get("status") == "finished":
+        raise ConfigError([f"resume={choice}: that run already finished; use resume=false"])
+    if is_live(state):
+        raise ConfigError([f"resume={choice}: that run is still running (pid {state['pid']})"])
+    diff = differences(state.get("config", {}), now)
+    if diff:
+        raise ConfigError(
+            [
+                f"resume={choice}: the config differs from that run's; " + "; ".join(diff),
+                "drop the changed overrides to resume it, or use resume=false for a new run",
+            ]
+        )
+    return previous_of(folder, state)
+
+
+def drop_if_empty(run_dir: Path) -> None:
+    """Remove a failed run's folder when it holds no file but its state file."""
+    if not run_dir.is_dir() or not is_rank_zero():
+        return
+    if all(p.name == STATE_FILE or not p.is_file() for p in run_dir.rglob("*")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def stopped(err: BaseException, logger: Any, run_dir: Path) -> BaseException:
+    """Record how a run ended early (MLflow status, `run.json`) and what to raise for it.
+
+    A signal (ours, Lightning's SIGTERM exit or Ctrl-C) marks the run killed and becomes
+    `Interrupted`; anything else marks it failed, and a folder left without files is removed.
+    """
+    import signal as signals_module
+
+    from tunelab.signals import Interrupted, requested
+
+    signum = requested().signum
+    if isinstance(err, Interrupted | KeyboardInterrupt | SystemExit) or signum is not None:
+        logger.finalize("KILLED")
+        write_state(run_dir, "killed")
+        if isinstance(err, Interrupted):
+            return err
+        if type(err).__name__ == "SIGTERMException":
+            signum = signals_module.SIGTERM
+        return Interrupted(signum or signals_module.SIGINT, run_dir)
+    logger.finalize("FAILED")
+    write_state(run_dir, "failed")
+    drop_if_empty(run_dir)
+    return err

@@ -1,0 +1,117 @@
+"""Checks of the machine a run starts on, before any data or model is loaded.
+
+What the config cannot say by itself: whether a GPU the recipe asks for is there, whether the
+output folder can be written, and whether the MLflow store can be reached and is a database.
+Each failure is a `TunelabError` that names the setting and the fix.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from tunelab.config import ConfigError
+from tunelab.errors import TunelabError
+from tunelab.schema import RunConfig
+from tunelab.tracking import absolute_uri, sqlite_file
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def before_run(run: RunConfig) -> None:
+    """Every check, in the order a user would fix them."""
+    check_length(run)
+    check_accelerator(run)
+    check_output_root(run)
+    check_tracking_uri(run.logger.tracking_uri)
+
+
+def check_length(run: RunConfig) -> None:
+    """`trainer.max_epochs=0` or `trainer.max_steps=0` would train nothing and report it."""
+    problems = [
+        f"trainer.{key}=0 trains nothing; use trainer.{key}>=1 (or -1 for no limit)"
+        for key in ("max_epochs", "max_steps")
+        if getattr(run.trainer, key) == 0
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
+def check_accelerator(run: RunConfig) -> None:
+    """A recipe asking for a CUDA GPU on a machine without one says so, with the CPU fix."""
+    if run.trainer.accelerator not in GPU_ACCELERATORS:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    raise TunelabError(
+        f"trainer.accelerator={run.trainer.accelerator}: experiment '{run.name}' asks for a "
+        "CUDA GPU (its trainer preset, e.g. trainer=gpu in experiments/"
+        f"{run.name}.yaml), but torch sees none (torch.cuda.is_available() is False).\n"
+        "Fix: run on this machine's CPU with trainer=cpu (add model.quantize=null for a "
+        "quantised recipe; slow for a 7B model), or start it on a machine with a CUDA GPU"
+    )
+
+
+def check_output_root(run: RunConfig) -> None:
+    """Run folders must be creatable under `output_root` (checked without creating any)."""
+    base = (Path(run.output_root).expanduser() / run.name).absolute()
+    existing = next(p for p in (base, *base.parents) if p.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    else:
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as err:
+            problem = f"{existing} is not writable ({err.strerror or err})"
+    if problem:
+        raise TunelabError(
+            f"output_root='{run.output_root}': cannot create run folders in {base}: {problem}."
+            "\nFix: output_root=<a folder you can write>"
+        )
+
+
+def check_tracking_uri(uri: str) -> None:
+    """The MLflow store must be reachable: an SQLite file that is a database, or a live server."""
+    uri = absolute_uri(uri)
+    path = sqlite_file(uri)
+    fix = "Fix: logger.tracking_uri=sqlite:///mlflow.db (or MLFLOW_TRACKING_URI) or a live server"
+    if path is not None:
+        _check_sqlite(uri, path, fix)
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri, fix)
+
+
+def _check_sqlite(uri: str, path: Path, fix: str) -> None:
+    problem = None
+    if path.is_dir():
+        problem = f"{path} is a folder, not an SQLite database file"
+    elif path.exists():
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+        if head and head != SQLITE_MAGIC:
+            problem = f"{path} exists but is not an SQLite database"
+    elif not path.parent.is_dir():
+        problem = f"folder {path.parent} does not exist"
+    if problem:
+        raise TunelabError(f"logger.tracking_uri='{uri}': {problem}.\n{fix}")
+
+
+def _check_server(uri: str, fix: str) -> None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy or an older server without /health): reachable
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise TunelabError(
+            f"logger.tracking_uri='{uri}': the MLflow server cannot be reached ({reason}).\n"
+            f"Start it (mlflow server ...) or {fix[5:]}"
+        ) from None
