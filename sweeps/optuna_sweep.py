@@ -25,7 +25,7 @@ from callbacks.optuna_pruning import OptunaPruning, reports_per_epoch
 from sweeps import budget, report
 from sweeps.locks import setup_lock
 from sweeps.space import SweepConfig, suggest, trial_config
-from sweeps.stale import close_dead_trial
+from sweeps.stale import close_dead_trial, fail_dead_local_trials, worker_id
 from tunelab.errors import TunelabError
 from tunelab.schema import RunConfig
 from tunelab.signals import Interrupted
@@ -141,13 +141,15 @@ def max_reports(run: RunConfig) -> int | str:
 
 def load_study(space: SweepConfig, run: RunConfig) -> optuna.Study:
     """Create the study, or load it when `study_name` already exists in the storage."""
+    storage = make_storage(space.storage, space.heartbeat_interval, space.grace_period)
     study = optuna.create_study(
         study_name=space.study_name or run.name,
-        storage=make_storage(space.storage, space.heartbeat_interval, space.grace_period),
+        storage=storage,
         direction=space.direction,
         pruner=make_pruner(space, max_reports(run)),
         load_if_exists=True,
     )
+    fail_dead_local_trials(study, storage)  # this host's dead workers: no grace period to wait
     study.sampler = make_sampler(space, len(study.trials))
     for values in space.enqueue:  # points already tried (by any worker) are not queued again
         study.enqueue_trial(values, skip_if_exists=True)
@@ -165,6 +167,7 @@ class Objective:
         recorder = TrialRecorder(
             trial, trial.study.study_name, self.space.metric, self.space.direction
         )
+        trial.set_user_attr("worker", worker_id())  # host:pid, for fail_dead_local_trials
         close_dead_trial(trial, self.run.logger.tracking_uri)  # rerun of a dead worker's trial
         try:
             result = self._train(trial, recorder)

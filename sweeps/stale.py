@@ -4,13 +4,19 @@ A worker killed mid-trial (SIGKILL, a lost machine) stops sending heartbeats; af
 `sweep.grace_period` the next worker to start a trial marks it FAIL and `RetryFailedTrialCallback`
 enqueues its parameters again as a new trial. That rerun closes the dead trial's MLflow child
 run (left RUNNING by its worker) as FAILED, with the reason and the trial that replaces it.
+A worker started on the same machine does not wait for the heartbeat: it fails at once the
+RUNNING trials of workers of this host whose process is gone (`fail_dead_local_trials`).
 """
 
 from __future__ import annotations
 
+import os
+import socket
+
 import optuna
 from mlflow import MlflowClient
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import BaseStorage, RetryFailedTrialCallback
+from optuna.trial import TrialState
 
 from tunelab.tracking import absolute_uri
 
@@ -30,3 +36,47 @@ def close_dead_trial(trial: optuna.Trial, tracking_uri: str) -> int | None:
         client.set_tag(run_id, "fail_reason", reason)
         client.set_terminated(run_id, "FAILED")
     return number
+
+
+def worker_id() -> str:
+    """`host:pid` of this worker, recorded on each of its trials.
+
+    `TUNELAB_SWEEP_WORKER` replaces it (e.g. containers that share a host name): such a worker's
+    trials are then left to the heartbeat.
+    """
+    return os.environ.get("TUNELAB_SWEEP_WORKER") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def fail_dead_local_trials(study: optuna.Study, storage: BaseStorage) -> list[int]:
+    """Fail, as interrupted, RUNNING trials whose worker was on this host and is gone.
+
+    The heartbeat fails a dead worker's trial only after `sweep.grace_period`; a command rerun
+    at once on the same machine would otherwise find the trial RUNNING, count the budget as
+    spent and leave it so. Such a trial is marked `interrupted`, so it is queued again with its
+    values and continues from its checkpoint (see `sweeps.budget`).
+
+    Returns:
+        The numbers of the trials failed.
+    """
+    host = socket.gethostname()
+    study_id = storage.get_study_id_from_name(study.study_name)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            storage.set_trial_user_attr(trial_id, "interrupted", True)
+            storage.set_trial_user_attr(trial_id, "fail_reason", "worker died (process gone)")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            failed.append(trial.number)
+    return failed

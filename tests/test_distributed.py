@@ -269,7 +269,7 @@ def test_ddp_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_pat
     data = write_intents(tmp_path / "data" / "intents").parent
     args = tiny_overrides(model, data, "method.dropout=0.0", "data.group_by_length=false")
     args += ["experiment=quickstart", "trainer.accelerator=cpu", "trainer.strategy=ddp"]
-    args += ["trainer.devices=2", "data.batch_size=8", "data.val_size=16", "trainer.max_epochs=4"]
+    args += ["trainer.devices=2", "data.batch_size=8", "data.val_size=16", "trainer.max_epochs=10"]
     args += ["trainer.checkpoint_every_n_steps=2"]
     once, twice = tmp_path / "once", tmp_path / "twice"
     once.mkdir(), twice.mkdir()
@@ -280,7 +280,8 @@ def test_ddp_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_pat
     while not list(twice.glob("outputs/*/*/checkpoints/resume.ckpt")):
         assert victim.poll() is None, "the run ended before its first resume checkpoint"
         time.sleep(0.2)
-    time.sleep(2)
+    time.sleep(0.5)  # 50 steps in all: the kill lands mid-training, after a resume checkpoint
+    assert victim.poll() is None, "the run finished before it could be killed"
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     run_cli(args, twice)

@@ -25,6 +25,7 @@ from test_methods import teacher  # noqa: F401 - the fixture
 import run as cli
 from datamodules.resumable import EpochOrder, shuffled
 from tunelab import resume, signals
+from tunelab.config import available
 
 RECIPE = "experiment=full_minilm_banking77"
 EXTRA = (
@@ -248,9 +249,11 @@ def test_sigterm_saves_exits_143_marks_killed_and_says_how_to_resume(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("restart", ["after_grace_period", "at_once"])
 def test_sweep_worker_killed_then_rerun_equals_the_uninterrupted_sweep(
-    tmp_path, tiny_bert, intent_data
+    tmp_path, tiny_bert, intent_data, restart
 ):
+    """Rerun after the heartbeat's grace period, or at once (the dead local worker is seen)."""
     import optuna
     from test_sweeps import enqueue, sweep_args
 
@@ -261,7 +264,7 @@ def test_sweep_worker_killed_then_rerun_equals_the_uninterrupted_sweep(
         enqueue(1e-2, 8e-3),
         "sweep.pruner=none",
         "sweep.heartbeat_interval=1",
-        "sweep.grace_period=2",
+        f"sweep.grace_period={2 if restart == 'after_grace_period' else 600}",
         "trainer.checkpoint_every_n_steps=2",
     )
     (tmp_path / "once").mkdir()
@@ -276,7 +279,8 @@ def test_sweep_worker_killed_then_rerun_equals_the_uninterrupted_sweep(
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL
     assert clean.wait() == 0, clean.communicate()[1]
-    time.sleep(3)  # past the grace period: the next worker fails the dead trial and reruns it
+    if restart == "after_grace_period":
+        time.sleep(3)  # past the grace period: the next worker fails the dead trial and reruns it
 
     rerun = start(tmp_path / "twice", args)
     _, err = rerun.communicate(timeout=600)
@@ -363,6 +367,39 @@ def test_peft_and_packed_decoder_runs_resume_to_the_same_result(
     assert cli.main(args) == 0
     [resumed] = runs(tmp_path / "twice")
     assert not ckpt.exists()  # a finished run keeps its best checkpoint only
+    assert_same_run(
+        (tmp_path / "once", clean.info.run_id), (tmp_path / "twice", resumed.info.run_id)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("method", available("method"))
+def test_every_method_resumes_mid_epoch_to_the_uninterrupted_result(
+    tmp_path,
+    monkeypatch,
+    tiny_bert,
+    intent_data,
+    teacher,  # noqa: F811 - the fixture imported above
+    method,
+):
+    """Stopped mid-epoch and resumed, each method ends as if never interrupted."""
+    from test_methods import EXTRA as METHOD_EXTRA
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    extra = [f"method={method}", *METHOD_EXTRA.get(method, [])]
+    extra += [f"method.teacher={teacher}"] if method == "distill" else []
+    for name in ("once", "twice"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "once")
+    assert cli.main(args_for(tiny_bert, intent_data, *extra)) == 0
+    [clean] = runs(tmp_path / "once")
+    monkeypatch.chdir(tmp_path / "twice")
+    with monkeypatch.context() as patch:
+        stop_at(patch, 13)
+        assert cli.main(args_for(tiny_bert, intent_data, *extra)) == 143
+    assert cli.main(args_for(tiny_bert, intent_data, *extra)) == 0
+    [resumed] = runs(tmp_path / "twice")
     assert_same_run(
         (tmp_path / "once", clean.info.run_id), (tmp_path / "twice", resumed.info.run_id)
     )

@@ -192,8 +192,8 @@ def run_experiment(
         logger = tracking.make_logger(resolved, parent_run_id, previous and previous.run_id)
         resume.mark_running(run_dir, logger.run_id, resolved)
         try:
-            trainer, checkpoint = build_trainer(run, run_dir, logger, callbacks or [])
-            metrics, best = _fit_logged(trainer, checkpoint, module, datamodule, resolved, previous)
+            trainer, _ = build_trainer(run, run_dir, logger, callbacks or [])
+            metrics, best = _fit_logged(trainer, module, datamodule, resolved, previous, logger)
             counts, wall = module.parameter_counts, time.time() - started
             run_info.finish(logger, resolved, metrics, counts, wall)
         except BaseException as err:
@@ -205,21 +205,29 @@ def run_experiment(
 
 def _fit_logged(
     trainer: Any,
-    checkpoint: Any,
     module: Any,
     datamodule: Any,
     resolved: dict[str, Any],
     previous: resume.Previous | None,
+    logger: Any,
 ) -> tuple[dict[str, float], str]:
-    """Log the run's start (unless it continues `previous`), then fit, test and save."""
-    logger = trainer.logger
+    """Log the run's start (unless it continues `previous`), then fit, test and save.
+
+    `logger` is the run's MLflow logger: with `trainer.fast_dev_run` Lightning swaps
+    `trainer.logger` for a dummy, and the run's start and outputs are still logged.
+    """
     if previous is None:  # a continued run logged these already
         _log_start(logger, resolved, module)
         rows = run_info.split_rows(datamodule)
         run_info.log_datasets(logger.experiment, logger.run_id, resolved["data"], rows)
     resume_from = previous.checkpoint if previous else None
     run_dir = Path(trainer.default_root_dir)
-    return _fit_test_save(trainer, checkpoint, module, datamodule, resolved, run_dir, resume_from)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    [checkpoint] = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]  # best model
+    return _fit_test_save(
+        trainer, checkpoint, module, datamodule, resolved, run_dir, resume_from, logger
+    )
 
 
 def _build_data_and_module(run: RunConfig) -> tuple[Any, Any]:
@@ -240,7 +248,8 @@ def _fit_test_save(
     datamodule: Any,
     resolved: dict,
     run_dir: Path,
-    resume_from: str | None = None,
+    resume_from: str | None,
+    logger: Any,
 ) -> tuple[dict[str, float], str]:
     """Fit (from `resume_from` when continuing), test the best checkpoint, write the outputs.
 
@@ -253,5 +262,5 @@ def _fit_test_save(
     metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
     if trainer.is_global_zero:  # one copy of the outputs, whatever the number of processes
         exported = exportable(trainer, module, best)  # FSDP/DeepSpeed: the best checkpoint, whole
-        save_outputs(exported, datamodule, resolved, run_dir, metrics, trainer.logger)
+        save_outputs(exported, datamodule, resolved, run_dir, metrics, logger)
     return metrics, best or ""
