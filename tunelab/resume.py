@@ -89,19 +89,22 @@ def finished(run_dir: Path) -> None:
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
 
-def is_live(state: dict[str, Any]) -> bool:
-    """Whether the process that runs this state is alive (on this host: checked by pid)."""
-    if state.get("status") != "running":
-        return False
-    if state.get("host") != socket.gethostname():
-        return True  # another machine's run: assume it is alive
+def process_alive(host: Any, pid: Any) -> bool:
+    """Whether process `pid` of `host` is alive; another machine's is assumed to be."""
+    if host != socket.gethostname():
+        return True
     try:
-        os.kill(int(state["pid"]), 0)
-    except (ProcessLookupError, KeyError, ValueError, TypeError):
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
         return False
-    except PermissionError:
+    except PermissionError:  # someone else's live process
         return True
     return True
+
+
+def is_live(state: dict[str, Any]) -> bool:
+    """Whether the process that runs this state is alive (on this host: checked by pid)."""
+    return state.get("status") == "running" and process_alive(state.get("host"), state.get("pid"))
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
