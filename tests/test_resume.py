@@ -202,15 +202,16 @@ def wait_for_checkpoint(folder: Path, proc: subprocess.Popen) -> None:
 def test_sigkill_at_a_random_step_then_rerun_equals_the_uninterrupted_run(
     tmp_path, tiny_bert, intent_data
 ):
-    args = args_for(
-        tiny_bert, intent_data, "trainer.max_epochs=4", "trainer.checkpoint_every_n_steps=2"
+    args = args_for(  # 12 epochs: a kill 0-1 s after the first checkpoint lands mid-training
+        tiny_bert, intent_data, "trainer.max_epochs=12", "trainer.checkpoint_every_n_steps=2"
     )
     (tmp_path / "once").mkdir()
     (tmp_path / "twice").mkdir()
     clean = start(tmp_path / "once", args)
     victim = start(tmp_path / "twice", args)
     wait_for_checkpoint(tmp_path / "twice", victim)
-    time.sleep(random.uniform(0, 3))
+    time.sleep(random.uniform(0, 1))
+    assert victim.poll() is None, "the run finished before it could be killed"
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL
     assert clean.wait() == 0, clean.communicate()[1]
