@@ -54,6 +54,9 @@ class FineTuneModule(L.LightningModule):
         tasks.gate_bitsandbytes(model.quantize is not None)
         self.oos = labels.index(out_of_scope) if labels and out_of_scope else None
         self.model = method.adapt(tasks.prepare_base(self.load_base(), model), self.task)
+        # `from_pretrained` returns a model in eval mode and Lightning keeps each submodule's
+        # mode, so without this dropout would stay off for the whole of training
+        self.model.train()
         num_labels = len(labels or [])
         self.val_metrics = tasks.build_metrics(self.task, num_labels, "val", self.oos)
         self.test_metrics = tasks.build_metrics(self.task, num_labels, "test", self.oos)

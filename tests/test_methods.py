@@ -48,6 +48,18 @@ class Snapshot(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self.module = pl_module
         self.before = {n: p.detach().clone() for n, p in pl_module.model.named_parameters()}
+        self.dropout_modes = {"train": set(), "validation": set()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.dropout_modes["train"] |= dropout_modes(pl_module.model)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, *_) -> None:
+        self.dropout_modes["validation"] |= dropout_modes(pl_module.model)
+
+
+def dropout_modes(model: nn.Module) -> set[bool]:
+    """The `training` flags of the model's active dropout layers."""
+    return {m.training for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0}
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -196,6 +208,13 @@ def test_one_optimiser_step_lowers_the_loss(method, tiny_bert, intent_data, teac
     with torch.no_grad():
         after = module.compute_loss(module(**batch), batch)
     assert after < loss.detach()
+
+
+@pytest.mark.parametrize("method", [*METHODS, "distill"])
+def test_dropout_is_on_in_training_steps_and_off_in_validation(method, trained):
+    # the base comes from `from_pretrained` in eval mode; the module must switch it to train
+    _, snapshot = trained(method)
+    assert snapshot.dropout_modes == {"train": {True}, "validation": {False}}
 
 
 @pytest.mark.parametrize("method", [*METHODS, "distill"])

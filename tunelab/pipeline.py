@@ -259,7 +259,9 @@ def _fit_test_save(
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     signals.requested().check()  # a signal during the last validation: stop before testing
     best = checkpoint.best_model_path or None
-    metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    # trainer.limit_test_batches=0 leaves the test split unseen (recipe selection on val/*)
+    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    metrics = tested[0] if tested else {}
     if trainer.is_global_zero:  # one copy of the outputs, whatever the number of processes
         exported = exportable(trainer, module, best)  # FSDP/DeepSpeed: the best checkpoint, whole
         save_outputs(exported, datamodule, resolved, run_dir, metrics, logger)
