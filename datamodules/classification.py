@@ -9,7 +9,7 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from datamodules import common
+from datamodules import common, prepared
 from datamodules.batching import grouped, length_grouped_sampler
 from datamodules.families import ClassificationData
 from datamodules.labels import encode_labels, label_names
@@ -35,7 +35,8 @@ class ClassificationDataModule(L.LightningDataModule):
     Attributes:
         labels: the class names in id order (after `setup`).
         out_of_scope: the class meaning "none of the intents", or None.
-        splits: the tokenised `train`/`validation`/`test` datasets (after `setup`).
+        splits: the tokenised `train`/`validation`/`test` datasets (after `setup`; prepared
+            once per machine and cached, see `datamodules.prepared`).
     """
 
     def __init__(self, *, data: ClassificationData, tokenizer: str, max_length: int, seed: int):
@@ -87,16 +88,22 @@ class ClassificationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
+        parts = prepared.key_parts(self)  # the first process builds, the others load
+        self.splits, extras = prepared.prepare_once(parts, self._prepare, prepared.cache_root())
+        self.labels = list(extras["labels"])
+
+    def _prepare(self) -> prepared.Prepared:
+        """Load, check, encode labels, subsample and tokenise; the splits and the class names."""
         raw, names = self.data.load(self.seed)
         raw = self._checked(raw)
-        self.labels = list(names or label_names(raw, "label"))
-        if self.out_of_scope is not None and self.out_of_scope not in self.labels:
+        labels = list(names or label_names(raw, "label"))
+        if self.out_of_scope is not None and self.out_of_scope not in labels:
             raise DataError(
                 f"the out-of-scope class '{self.out_of_scope}' is not one of the labels"
             )
-        data = self._subsample(encode_labels(raw, "label", self.labels))
+        data = self._subsample(encode_labels(raw, "label", labels))
         common.check_not_empty(data)
-        self.splits = data.map(
+        splits = data.map(
             lambda batch: self.tokenizer(
                 batch["text"], truncation=True, max_length=self.max_length
             ),
@@ -104,6 +111,7 @@ class ClassificationDataModule(L.LightningDataModule):
             remove_columns=["text"],
             desc="tokenising",
         )
+        return splits, {"labels": labels}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         from transformers import DataCollatorWithPadding

@@ -67,6 +67,8 @@ class InstructionData(DataConfig):
     template: Literal["auto", "chat", "plain"] = "auto"
     system_prompt: str | None = None
     packing: bool = False
+    # training batches of similar length, in shuffled order (ignored when packing)
+    group_by_length: bool = True
     skip_long_prompts: bool = False
     max_train_samples: PositiveInt | None = None
     batch_size: PositiveInt = 8

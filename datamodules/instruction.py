@@ -6,10 +6,12 @@ from functools import partial
 from typing import Any
 
 import lightning as L
+from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from datamodules import common, prompting
+from datamodules import common, prepared, prompting
+from datamodules.batching import grouped
 from datamodules.families import InstructionData, Record
 from datamodules.resumable import shuffled, training_loader
 from tunelab.errors import DataError
@@ -40,7 +42,8 @@ class InstructionDataModule(L.LightningDataModule):
         labels: always empty (decoders have no class list).
         out_of_scope: always None.
         records: the loader's records per split (after `setup`).
-        splits: the encoded (and, for train, optionally packed) samples (after `setup`).
+        splits: the encoded (and, for train, optionally packed) samples (after `setup`; prepared
+            once per machine and cached, see `datamodules.prepared`).
     """
 
     def __init__(self, *, data: InstructionData, tokenizer: str, max_length: int, seed: int):
@@ -54,7 +57,7 @@ class InstructionDataModule(L.LightningDataModule):
         self.labels: list[str] = []
         self.out_of_scope: str | None = None
         self.records: dict[str, list[Record]] = {}
-        self.splits: dict[str, list[dict[str, list[int]]]] | None = None
+        self.splits: DatasetDict | None = None
         self._tokenizer: Any = None
 
     @property
@@ -122,10 +125,17 @@ class InstructionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
-        self.records = self._load()
-        self.splits = {s: self.encode_split(s, r) for s, r in self.records.items()}
+        parts = prepared.key_parts(self)  # the first process builds, the others load
+        self.splits, extras = prepared.prepare_once(parts, self._prepare, prepared.cache_root())
+        self.records = extras["records"]
+
+    def _prepare(self) -> prepared.Prepared:
+        """Load and encode the records (train packed if asked); the splits and the records."""
+        records = self._load()
+        rows = {s: self.encode_split(s, r) for s, r in records.items()}
         if self.data.packing:
-            self.splits["train"] = prompting.pack(self.splits["train"], self.max_length)
+            rows["train"] = prompting.pack(rows["train"], self.max_length)
+        return DatasetDict({s: Dataset.from_list(r) for s, r in rows.items()}), {"records": records}
 
     def generation_prompts(self, n: int, split: str = "validation") -> list[dict[str, Any]]:
         """The first `n` examples of `split` as prompts (token ids, prompt text, reference)."""
@@ -150,7 +160,9 @@ class InstructionDataModule(L.LightningDataModule):
         }
         rows = self.splits[split]
         if shuffle:  # an order a resumed run replays (see datamodules.resumable)
-            return training_loader(self, rows, shuffled(len(rows)), **kwargs)
+            grouping = self.data.group_by_length and not self.data.packing
+            order = grouped(rows, size) if grouping else shuffled(len(rows))
+            return training_loader(self, rows, order, **kwargs)
         return DataLoader(rows, **kwargs)
 
     @override

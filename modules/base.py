@@ -145,7 +145,10 @@ class FineTuneModule(L.LightningModule):
             {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": optim.weight_decay},
             {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
+        kernel = {"foreach": {"foreach": True}, "fused": {"fused": True}}
+        optimizer = torch.optim.AdamW(
+            groups, lr=optim.lr, betas=tuple(optim.betas), **kernel.get(optim.implementation, {})
+        )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         name = "constant_with_warmup" if optim.scheduler == "constant" else optim.scheduler
         scheduler = get_scheduler(

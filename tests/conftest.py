@@ -40,6 +40,18 @@ def write_intents(folder: Path, rows_per_class: int = 24, seed: int = 0) -> Path
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prepared_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Prepared (tokenised) data goes to a session folder, never to ~/.cache (subprocesses too)."""
+    previous = os.environ.get("TUNELAB_CACHE")
+    os.environ["TUNELAB_CACHE"] = str(tmp_path_factory.mktemp("prepared"))
+    yield Path(os.environ["TUNELAB_CACHE"])
+    if previous is None:
+        os.environ.pop("TUNELAB_CACHE", None)
+    else:
+        os.environ["TUNELAB_CACHE"] = previous
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a test module: far faster for tiny models on 2 shared cores."""

@@ -264,3 +264,27 @@ def test_bad_decoder_configs_are_rejected_before_anything_loads():
         load_config(["experiment=quickstart", "data=medquad"])
     with pytest.raises(ConfigError, match=r"data\.template"):
         load_config(["experiment=lora_tiny_mistral", "data.template=alpaca"])
+
+
+def test_grouped_training_batches_cover_every_row_once_with_less_padding(tmp_path, models):
+    def padding_and_rows(group_by_length: bool) -> tuple[int, list[list[int]]]:
+        datamodule = _datamodule(
+            write_qa(tmp_path / str(group_by_length), n_train=160),  # grouping needs >= 16 rows
+            models["mistral"],
+            batch_size=4,
+            group_by_length=group_by_length,
+        )
+        datamodule.setup()
+        batches = list(datamodule.train_dataloader())
+        padding = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+        rows = [
+            ids[m.bool()].tolist()
+            for b in batches
+            for ids, m in zip(b["input_ids"], b["attention_mask"], strict=True)
+        ]
+        return padding, rows
+
+    grouped, grouped_rows = padding_and_rows(True)
+    plain, plain_rows = padding_and_rows(False)
+    assert sorted(grouped_rows) == sorted(plain_rows)  # the same rows, each once
+    assert grouped < plain / 3

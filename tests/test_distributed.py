@@ -275,3 +275,22 @@ def test_ddp_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_pat
     assert len(list((twice / "outputs" / "quickstart").iterdir())) == 1
     for key in ("val/acc", "test/acc", "test/loss"):
         assert after[key][-1] == pytest.approx(clean[key][-1], abs=LOSS_TOLERANCE), key
+
+
+@pytest.mark.slow
+def test_torchrun_on_a_new_sqlite_store_makes_one_finished_run(tmp_path: Path):
+    """torchrun starts both ranks at once: only one may create the store's tables."""
+    model = tiny_bert_without_dropout(tmp_path / "bert")
+    data = write_intents(tmp_path / "data" / "intents").parent
+    args = tiny_overrides(model, data, "experiment=quickstart", "trainer.accelerator=cpu")
+    args += ["trainer.strategy=ddp", "trainer.devices=2", "data.batch_size=8", "data.val_size=16"]
+    args += ["logger.tracking_uri=sqlite:///new.db", "trainer.max_epochs=1"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*torchrun, str(REPO / "run.py"), *args], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run], _ = recorded(tmp_path / "new.db")
+    assert run.info.status == "FINISHED"

@@ -68,17 +68,24 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("package_dir", _package_dir)
 
 
+_REGISTERED: dict[Path, int] = {}  # file -> mtime when it went into Hydra's ConfigStore
+
+
 def _register_flat_groups() -> None:
-    """Expose `experiments/*.yaml` and `sweeps/*.yaml` to Hydra as groups `experiment`, `sweep`."""
+    """Expose `experiments/*.yaml` and `sweeps/*.yaml` to Hydra as groups `experiment`, `sweep`.
+
+    Each file is parsed once per process (again when it changes): a run composes twice (its
+    config, then its recipe for the run name) and a sweep once per trial.
+    """
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    for path in sorted(GROUP_DIRS["experiment"].glob("*.yaml")):
-        store.store(
-            group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_"
-        )
-    for path in sorted(GROUP_DIRS["sweep"].glob("*.yaml")):
-        store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="sweep")
+    for group, package in (("experiment", "_global_"), ("sweep", "sweep")):
+        for path in sorted(GROUP_DIRS[group].glob("*.yaml")):
+            stamp = path.stat().st_mtime_ns
+            if _REGISTERED.get(path) != stamp:
+                store.store(group=group, name=path.stem, node=OmegaConf.load(path), package=package)
+                _REGISTERED[path] = stamp
 
 
 def _split_overrides(args: list[str], problems: list[str]) -> tuple[list[str], list[Any]]:

@@ -17,6 +17,7 @@ from tunelab import resume, run_info, runtime_checks, signals, tracking
 from tunelab.distributed import exportable, rank_zero_previous, shared_run_dir
 from tunelab.preflight import preflight
 from tunelab.schema import RunConfig
+from tunelab.speed import compiled, resolve_precision
 from tunelab.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ def build_trainer(run: RunConfig, run_dir: Path, logger: Any, callbacks: list) -
     if run.trainer.enable_progress_bar:
         all_callbacks.append(RichProgressBar())
     trainer = L.Trainer(
-        **run.trainer.model_dump(exclude={"checkpoint_every_n_steps"}),
+        **run.trainer.model_dump(exclude={"checkpoint_every_n_steps", "compile", "precision"}),
+        precision=resolve_precision(run.trainer.precision, run.trainer.accelerator, task.name),
         logger=logger,
         callbacks=all_callbacks,
         default_root_dir=run_dir,
@@ -137,7 +139,10 @@ def save_outputs(
 
 
 def _save_merged(module: Any, datamodule: Any, resolved: dict, adapter: Path, logger: Any) -> None:
-    """`export.merge=true`: write (and log) base + adapter merged into plain weights."""
+    """`export.merge=true`: write (and log) base + adapter merged into plain weights.
+
+    Last of the outputs: the adapter is merged into the module's own weights, in place.
+    """
     from hydra.utils import get_method
 
     merged = get_method("modules.merge.export_merged")(module, adapter, adapter.parent / "merged")
@@ -193,9 +198,9 @@ def run_experiment(
         resume.mark_running(run_dir, logger.run_id, resolved)
         try:
             trainer, _ = build_trainer(run, run_dir, logger, callbacks or [])
+            counts = module.parameter_counts  # before `export.merge` folds the adapter into it
             metrics, best = _fit_logged(trainer, module, datamodule, resolved, previous, logger)
-            counts, wall = module.parameter_counts, time.time() - started
-            run_info.finish(logger, resolved, metrics, counts, wall)
+            wall = run_info.finish(logger, resolved, metrics, counts, started)
         except BaseException as err:
             raise resume.stopped(err, logger, run_dir) from None
     logger.finalize("success")
@@ -238,7 +243,10 @@ def _build_data_and_module(run: RunConfig) -> tuple[Any, Any]:
     L.seed_everything(run.seed, workers=True, verbose=False)
     datamodule = build_datamodule(run)
     datamodule.setup("fit")
-    return datamodule, build_module(run, datamodule.labels, datamodule.out_of_scope)
+    module = build_module(run, datamodule.labels, datamodule.out_of_scope)
+    if run.trainer.compile:
+        compiled(module.model)
+    return datamodule, module
 
 
 def _fit_test_save(

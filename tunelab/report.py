@@ -28,6 +28,20 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def perf_rows(tracking_uri: str, run_id: str) -> list[tuple[str, str]]:
+    """The run's `perf/*` metrics as rows: `perf/time_to_first_step_s` -> time to first step."""
+    from mlflow import MlflowClient
+
+    metrics = MlflowClient(tracking_uri).get_run(run_id).data.metrics
+    rows = []
+    for key, value in sorted(metrics.items()):
+        if key.startswith("perf/"):
+            name = key.removeprefix("perf/")
+            text = f"{value:.1f} s" if name.endswith("_s") else f"{value:.4g}"
+            rows.append((name.removesuffix("_s").replace("_", " "), text))
+    return rows
+
+
 def print_summary(run: RunConfig, result) -> None:
     """A short table: test metrics, parameters, wall time, where the run is in MLflow."""
     from rich.console import Console
@@ -45,9 +59,11 @@ def print_summary(run: RunConfig, result) -> None:
         f"{trainable:,} / {total:,} ({100 * trainable / max(total, 1):.2f}%)",
     )
     table.add_row("wall time", f"{result.wall_time_s:.0f} s")
+    uri = absolute_uri(run.logger.tracking_uri)
+    for label, value in perf_rows(uri, result.run_id):
+        table.add_row(label, value)
     table.add_row("run folder", str(result.run_dir))
     table.add_row("MLflow run id", result.run_id)
-    uri = absolute_uri(run.logger.tracking_uri)
     table.add_row("MLflow UI", ui_command(uri))
     if run.logger.log_model and run.export.save_model:
         table.add_row("MLflow Model", f"runs:/{result.run_id}/model  (serve it, predict.py)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,12 +204,18 @@ def split_rows(datamodule: Any) -> dict[str, Any]:
     return {name: rows for name, rows in (getattr(datamodule, "splits", None) or {}).items()}
 
 
-def finish(logger: Any, resolved: dict, metrics: dict, counts: tuple, wall: float) -> None:
-    """Log wall time (step 0: one bar per run) and the run's one-line description."""
+def finish(logger: Any, resolved: dict, metrics: dict, counts: tuple, started: float) -> float:
+    """Log the wall time since `started` (step 0: one bar per run) and the run's description.
+
+    Returns:
+        The wall time in seconds.
+    """
+    wall = time.time() - started
     logger.log_metrics({"wall_time_s": wall}, step=0)
     run = logger.experiment.get_run(logger.run_id)
     if run is None:  # a process other than rank zero: Lightning's experiment is a no-op there
-        return
+        return wall
     name = run.info.run_name or run_name(resolved)
     note = description(name, metrics, counts[0], counts[1], wall)
     logger.experiment.set_tag(logger.run_id, "mlflow.note.content", note)
+    return wall

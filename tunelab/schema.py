@@ -135,6 +135,8 @@ class OptimConfig(Strict):
     warmup_ratio: Fraction = 0.0
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     betas: tuple[Probability, Probability] = (0.9, 0.999)
+    # AdamW kernel: torch's default (CPU: one tensor at a time), foreach, or fused
+    implementation: Literal["default", "foreach", "fused"] = "default"
 
 
 class TrainerConfig(Strict):
@@ -144,7 +146,8 @@ class TrainerConfig(Strict):
     strategy: Strategy = "auto"
     devices: PositiveInt | Literal["auto"] = 1
     num_nodes: PositiveInt = 1
-    precision: Literal["32-true", "32", "bf16-mixed", "bf16-true", "16-mixed"] = "32-true"
+    # auto: bf16-mixed where measured faster (CUDA with bf16; AMX CPU for decoders), else fp32
+    precision: Literal["auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-mixed"] = "32-true"
     max_epochs: Annotated[int, Field(ge=-1)] = 3
     max_steps: Annotated[int, Field(ge=-1)] = -1
     accumulate_grad_batches: PositiveInt = 1
@@ -162,6 +165,8 @@ class TrainerConfig(Strict):
     # not a Trainer argument: steps between saves of `checkpoints/resume.ckpt` (null: after each
     # validation only); the pipeline pops it before building the Trainer
     checkpoint_every_n_steps: PositiveInt | None = 100
+    # not a Trainer argument either: torch.compile the model's forward (tunelab.speed.compiled)
+    compile: bool = False
 
 
 class LoggerConfig(Strict):

@@ -46,7 +46,10 @@ TASKS: dict[str, Task] = {
         monitor="val/acc",
         mode="max",
         metrics=("acc", "f1"),
-        callbacks=("callbacks.classification_report.ClassificationReport",),
+        callbacks=(
+            "callbacks.first_step.TimeToFirstStep",
+            "callbacks.classification_report.ClassificationReport",
+        ),
         export_kind="classifier",
         has_labels=True,
     ),
@@ -58,6 +61,7 @@ TASKS: dict[str, Task] = {
         mode="min",
         metrics=("ppl",),
         callbacks=(
+            "callbacks.first_step.TimeToFirstStep",
             "callbacks.generation.GenerationCallback",
             "callbacks.mask_preview.MaskPreviewCallback",
             "callbacks.generation_eval.GenerationEval",

@@ -125,14 +125,15 @@ def make_logger(
             tags=tags | {"mlflow.parentRunId": parent_run_id},
         )
         run_id = run.info.run_id
-    return TunelabMLFlowLogger(
-        experiment_name=cfg["experiment_name"],
-        tracking_uri=uri,
-        run_name=name,
-        tags=tags,
-        run_id=run_id,
-        log_model=False,
-    )
+    with sqlite_lock(uri):  # its MlflowClient opens the store: on torchrun's other ranks too,
+        return TunelabMLFlowLogger(  # which must not migrate a new SQLite file beside rank 0
+            experiment_name=cfg["experiment_name"],
+            tracking_uri=uri,
+            run_name=name,
+            tags=tags,
+            run_id=run_id,
+            log_model=False,
+        )
 
 
 def ui_command(tracking_uri: str) -> str:

@@ -1,0 +1,89 @@
+"""Speed switches: `trainer.precision=auto`, `optim.implementation`, `trainer.compile`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_tiny_bert, tiny_overrides
+
+from tunelab import speed
+from tunelab.pipeline import run_experiment
+from tunelab.validate import load_config
+
+
+@pytest.mark.parametrize(
+    ("amx", "task", "expected"),
+    [
+        (False, "causal_lm", "32-true"),  # bf16 autocast measured 0.5x without AMX
+        (True, "causal_lm", "bf16-mixed"),  # 1.8x for decoder steps with AMX
+        (True, "sequence_classification", "32-true"),  # 0.9x on BANKING77-sized batches
+    ],
+)
+def test_auto_precision_on_cpu_is_bf16_only_where_measured_faster(monkeypatch, amx, task, expected):
+    monkeypatch.setattr(speed, "cpu_has_amx", lambda: amx)
+    assert speed.resolve_precision("auto", "cpu", task) == expected
+
+
+def test_explicit_precision_is_kept():
+    assert speed.resolve_precision("bf16-true", "cpu", "sequence_classification") == "bf16-true"
+
+
+def test_bad_switch_values_are_config_errors():
+    from tunelab.config import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        load_config(["optim.implementation=fast", "trainer.precision=bf17", "trainer.compile=2"])
+    text = str(error.value)
+    assert "optim.implementation" in text and "trainer.precision" in text
+    assert "trainer.compile" in text
+
+
+def train(tiny_bert: Path, intent_data: Path, *extra: str):
+    """One short run on the tiny BERT (same seed, data order, dropout masks); (losses, module)."""
+    from lightning.pytorch.callbacks import Callback
+
+    losses, seen = [], {}
+
+    class Record(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            losses.append(float(outputs["loss"]))
+            seen["module"] = pl_module
+
+    args = [*tiny_overrides(tiny_bert, intent_data), "optim.lr=1e-2", "trainer.max_epochs=1"]
+    cfg, run = load_config([*args, "export.save_model=false", "logger.log_model=false", *extra])
+    run_experiment(cfg, run, callbacks=[Record()])
+    return torch.tensor(losses), seen["module"]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory, tiny_bert, intent_data):
+    """The same run with torch's default AdamW kernel and no compilation."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("default_run"))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return train(tiny_bert, intent_data)
+
+
+@pytest.mark.parametrize("implementation", ["foreach", "fused"])
+def test_optimiser_kernels_are_a_speed_switch_not_a_numerics_switch(
+    implementation, default_run, workdir, tiny_bert, intent_data
+):
+    losses, module = train(tiny_bert, intent_data, f"optim.implementation={implementation}")
+    assert module.trainer.optimizers[0].defaults[implementation] is True
+    assert len(losses) == len(default_run[0]) > 3
+    torch.testing.assert_close(losses, default_run[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(tmp_path, workdir, intent_data):
+    # without dropout: inductor draws dropout masks from its own RNG, so only then runs match
+    bert = build_tiny_bert(
+        tmp_path / "bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    eager, _ = train(bert, intent_data)
+    losses, module = train(bert, intent_data, "trainer.compile=true")
+    assert module.model._compiled_call_impl is not None  # nn.Module.compile ran
+    assert not any("_orig_mod" in key for key in module.state_dict())  # checkpoints unchanged
+    torch.testing.assert_close(losses, eager, rtol=1e-3, atol=1e-4)
