@@ -187,8 +187,27 @@ def summarise(args: argparse.Namespace, runs: dict, peak: dict) -> list[dict]:
     return rows
 
 
+def machine() -> str:
+    """CPU model, cores, torch version and today's date, for the report's header."""
+    import datetime
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [x for x in cpuinfo.read_text().splitlines() if x.startswith("model name")]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    amx = "AMX" if "amx_bf16" in (cpuinfo.read_text() if cpuinfo.exists() else "") else "no AMX"
+    today = datetime.date.today()
+    return f"{cpu} ({amx}), {os.cpu_count()} cores, torch {torch.__version__}, {today}"
+
+
 def markdown(rows: list[dict], peak: dict, args: argparse.Namespace) -> str:
-    head = (
+    command = "python benchmarks/parity.py " + " ".join(sys.argv[1:])
+    header = f"# Parity\n\nMachine: {machine()}; {args.threads} threads.\nCommand: `{command}`\n\n"
+    head = header + (
         "| model | method | order | loop | s/step (median) | runs | samples/s | real tokens/s "
         "| MFU (fp32 peak) | tunelab's speed-up |\n|---|---|---|---|---|---|---|---|---|---|\n"
     )

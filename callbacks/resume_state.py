@@ -76,6 +76,8 @@ class ResumeCheckpoint(Checkpoint):
             raise Interrupted(signum, self.folder.parent, saved=True)
         step = trainer.global_step
         if self.every_n_steps and step and step % self.every_n_steps == 0:
+            # log this step first: killed right after the save, the run would resume past it
+            trainer._logger_connector.update_train_step_metrics()
             self.save(trainer)
 
     @override

@@ -30,11 +30,18 @@ def dataset_only_keys(name: str) -> list[str]:
     return [k for k in recipe.get("data") or {} if k not in TextClassification.model_fields]
 
 
+def fit_tiny_bert(name: str) -> list[str]:
+    """Overrides that fit the recipe to the tiny BERT's 2 layers (e.g. freeze's top 3 layers)."""
+    method = OmegaConf.load(GROUP_DIRS["experiment"] / f"{name}.yaml").get("method") or {}
+    layers = method.get("trainable_layers")
+    return [f"method.trainable_layers={min(layers, 2)}"] if layers else []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_recipe_runs_end_to_end(name: str, workdir: Path, tiny_bert: Path, intent_data: Path):
     args = [f"experiment={name}", *tiny_overrides(tiny_bert, intent_data), "trainer.fast_dev_run=2"]
-    args += [f"~data.{key}" for key in dataset_only_keys(name)]
+    args += [f"~data.{key}" for key in dataset_only_keys(name)] + fit_tiny_bert(name)
     assert cli.main(args) == 0
     [run_dir] = (workdir / "outputs").glob("*/*")
     assert (run_dir / "test_metrics.json").exists() and any((run_dir / "export").iterdir())
