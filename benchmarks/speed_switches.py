@@ -133,6 +133,15 @@ def markdown(runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def header(args: argparse.Namespace) -> str:
+    """Title, machine and command of the report."""
+    command = "python benchmarks/speed_switches.py " + " ".join(sys.argv[1:])
+    return (
+        f"# Speed switches\n\nMachine: {parity.machine()}; {args.threads} threads.\n"
+        f"Command: `{command}`\n\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.eval_size:
@@ -142,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parity.build_decoder(args.workdir)
     runs = measure(args)
     args.out.with_suffix(".json").write_text(json.dumps({"threads": args.threads, "runs": runs}))
-    args.out.with_suffix(".md").write_text(markdown(runs) + "\n")
+    args.out.with_suffix(".md").write_text(header(args) + markdown(runs) + "\n")
     print(markdown(runs))
     return 0
 

@@ -101,12 +101,20 @@ def build_trainer(run: RunConfig, run_dir: Path, logger: Any, callbacks: list) -
         all_callbacks.append(RichProgressBar())
     trainer = L.Trainer(
         **run.trainer.model_dump(exclude={"checkpoint_every_n_steps", "compile", "precision"}),
-        precision=resolve_precision(run.trainer.precision, run.trainer.accelerator, task.name),
+        precision=_precision(run, logger),
         logger=logger,
         callbacks=all_callbacks,
         default_root_dir=run_dir,
     )
     return trainer, checkpoint
+
+
+def _precision(run: RunConfig, logger: Any) -> str:
+    """`trainer.precision`, with `auto` resolved for this machine (and logged when it was)."""
+    precision = resolve_precision(run.trainer.precision, run.trainer.accelerator)
+    if run.trainer.precision == "auto":
+        logger.log_hyperparams({"trainer.precision_used": precision})
+    return precision
 
 
 def save_outputs(
