@@ -4,7 +4,7 @@ All three train the same `nn.Module` (tunelab's, built from the same config and 
 tokenised rows through the same collator, with the same optimiser settings, schedule, gradient
 clipping and precision (fp32). Two orders:
     parity:   one fixed permutation (tunelab's epoch-0 order for the seed): the same batches
-              for all; the Trainer uses `adamw_torch` (foreach, as tunelab and the plain loop).
+              for all, with tunelab's AdamW kernel (`optim.implementation`) in every loop.
     defaults: each as a user gets it: tunelab's default batching (length-grouped for
               classification), a random `DataLoader(shuffle=True)` for the plain loop, and the
               Trainer's own random sampler and default optimiser (`adamw_torch_fused`).
@@ -119,6 +119,8 @@ def run_plain(run: Any, total: int, mode: str) -> Timed:
     from torch.utils.data import DataLoader
     from transformers import get_scheduler
 
+    from modules.base import adamw_kernel
+
     datamodule, module, rows = prepared(run)
     model, optim = module.model.train(), run.optim
     counted = Counted(datamodule.train_dataloader().collate_fn)
@@ -128,8 +130,9 @@ def run_plain(run: Any, total: int, mode: str) -> Timed:
         collate_fn=counted,
     )  # fmt: skip
     optimizer = torch.optim.AdamW(
-        param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas)
-    )
+        param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas),
+        **adamw_kernel(optim.implementation),
+    )  # fmt: skip
     scheduler = get_scheduler("linear", optimizer, int(optim.warmup_ratio * total), total)
     params = [p for p in model.parameters() if p.requires_grad]
     times = StepTimes()
@@ -162,7 +165,9 @@ def run_trainer(run: Any, total: int, mode: str, workdir: Path) -> Timed:
         def _get_train_sampler(self, *args, **kwargs):
             return order if order is not None else super()._get_train_sampler(*args, **kwargs)
 
-    parity = {"optim": "adamw_torch"} if mode == "parity" else {}  # else its default (fused)
+    # parity: tunelab's AdamW kernel (fused by default, else torch's); defaults: the Trainer's own
+    kernel = "adamw_torch_fused" if optim.implementation == "fused" else "adamw_torch"
+    parity = {"optim": kernel} if mode == "parity" else {}
     args = TrainingArguments(
         output_dir=str(workdir / "trainer"), per_device_train_batch_size=run.data.batch_size,
         max_steps=total, learning_rate=optim.lr, weight_decay=optim.weight_decay,

@@ -19,6 +19,11 @@ from modules import tasks
 from tunelab.schema import MethodConfig, ModelConfig, OptimConfig
 
 
+def adamw_kernel(implementation: str) -> dict[str, bool]:
+    """`torch.optim.AdamW` arguments for `optim.implementation` (`default`: torch's choice)."""
+    return {implementation: True} if implementation in ("foreach", "fused") else {}
+
+
 class FineTuneModule(L.LightningModule):
     """Fine-tune a pretrained Hugging Face model with one method.
 
@@ -145,9 +150,8 @@ class FineTuneModule(L.LightningModule):
             {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": optim.weight_decay},
             {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
         ]
-        kernel = {"foreach": {"foreach": True}, "fused": {"fused": True}}
         optimizer = torch.optim.AdamW(
-            groups, lr=optim.lr, betas=tuple(optim.betas), **kernel.get(optim.implementation, {})
+            groups, lr=optim.lr, betas=tuple(optim.betas), **adamw_kernel(optim.implementation)
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         name = "constant_with_warmup" if optim.scheduler == "constant" else optim.scheduler
