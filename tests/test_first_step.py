@@ -3,20 +3,18 @@ the run resumes; the callback waits out gradient accumulation."""
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning as L
 import psutil
 import pytest
 from conftest import tiny_overrides
 from mlflow import MlflowClient
+from test_resume import StopAt
 
 import run as cli
 from callbacks.first_step import METRIC, TimeToFirstStep
-from tunelab import signals
 
 ARGS = ("trainer.max_epochs=1", "trainer.checkpoint_every_n_steps=2", "export.save_model=false")
 
@@ -70,17 +68,6 @@ def test_a_run_logs_its_time_to_first_step_once(workdir, tiny_bert, intent_data)
     after = time.time() - started
     _, [metric] = _history(workdir)
     assert metric.step == 1 and before < metric.value < after
-
-
-class StopAt(L.Callback):
-    """Request a stop after global step `step`, as the SIGTERM handler would."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            signals.requested().signum = signal.SIGTERM
 
 
 def test_a_resumed_run_does_not_log_it_again(workdir, tiny_bert, intent_data, monkeypatch):

@@ -15,11 +15,11 @@ import torch
 from conftest import REPO, write_intents
 from datasets import Dataset, DatasetDict
 from decoder_helpers import build_tiny, write_qa
+from test_decoder_data import _datamodule
 
 from datamodules import prepared
 from datamodules.classification import ClassificationDataModule
 from datamodules.instruction import InstructionDataModule
-from datamodules.instruction_file import InstructionFile
 from datamodules.text_classification import TextClassification
 from tunelab.errors import DataError
 
@@ -67,16 +67,7 @@ def _classifier(tiny_bert: Path, root: Path, max_length: int = 16, **settings):
 
 
 def _decoder(model: Path, root: Path) -> InstructionDataModule:
-    data = InstructionFile(
-        _target_="datamodules.instruction_file.InstructionFile",
-        name="instruction",
-        root=str(root),
-        path="qa",
-        input_field="input",
-        packing=True,
-        batch_size=4,
-    )
-    return InstructionDataModule(data=data, tokenizer=str(model), max_length=64, seed=42)
+    return _datamodule(root, model, packing=True, batch_size=4)
 
 
 def _batches(datamodule) -> list[dict[str, list]]:
