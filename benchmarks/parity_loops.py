@@ -105,21 +105,12 @@ def run_tunelab(cfg: Any, run: Any) -> Timed:
     return times, counted, seen["model"]
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups as tunelab and the Trainer build them: no decay on biases and norms."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-    ]
-
-
 def run_plain(run: Any, total: int, mode: str) -> Timed:
     """A plain loop: pre-tokenised rows, the same collator, AdamW, linear schedule, clipping."""
     from torch.utils.data import DataLoader
     from transformers import get_scheduler
 
-    from modules.base import adamw_kernel
+    from modules.base import adamw_kernel, param_groups
 
     datamodule, module, rows = prepared(run)
     model, optim = module.model.train(), run.optim

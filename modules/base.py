@@ -19,6 +19,15 @@ from modules import tasks
 from tunelab.schema import MethodConfig, ModelConfig, OptimConfig
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the trainable weights: no weight decay on biases and norms."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
 def adamw_kernel(implementation: str) -> dict[str, bool]:
     """`torch.optim.AdamW` arguments for `optim.implementation` (`default`: torch's choice)."""
     return {implementation: True} if implementation in ("foreach", "fused") else {}
@@ -145,13 +154,11 @@ class FineTuneModule(L.LightningModule):
         from transformers import get_scheduler
 
         optim = self.optim_cfg
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        groups = [  # no weight decay on biases and norms
-            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": optim.weight_decay},
-            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-        ]
         optimizer = torch.optim.AdamW(
-            groups, lr=optim.lr, betas=tuple(optim.betas), **adamw_kernel(optim.implementation)
+            param_groups(self, optim.weight_decay),
+            lr=optim.lr,
+            betas=tuple(optim.betas),
+            **adamw_kernel(optim.implementation),
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         name = "constant_with_warmup" if optim.scheduler == "constant" else optim.scheduler

@@ -177,11 +177,14 @@ def tiny_bert_without_dropout(folder: Path) -> Path:
     return build_tiny_bert(folder, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, launcher: tuple[str, ...] = (sys.executable,)
+) -> subprocess.CompletedProcess:
+    """`run.py args` in `cwd` (started by `launcher`, e.g. torchrun); it must exit 0."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(
-        [sys.executable, str(REPO / "run.py"), *args],
+        [*launcher, str(REPO / "run.py"), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -210,13 +213,19 @@ def step(metric) -> tuple[int, int]:
     return metric.step, metric.timestamp
 
 
-@pytest.mark.slow
-def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path):
+def quickstart_on_cpu(tmp_path: Path, *extra: str) -> list[str]:
+    """The quickstart on a dropout-free tiny BERT and the intents, batches in a fixed order."""
     model = tiny_bert_without_dropout(tmp_path / "bert")
     data = write_intents(tmp_path / "data" / "intents").parent
     common = tiny_overrides(model, data, "method.dropout=0.0", "data.group_by_length=false")
-    common += ["data.val_size=16", "data.eval_batch_size=8", "trainer.max_epochs=2"]
-    common += ["experiment=quickstart", "trainer.accelerator=cpu"]
+    return [*common, "experiment=quickstart", "trainer.accelerator=cpu", *extra]
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path):
+    common = quickstart_on_cpu(
+        tmp_path, "data.val_size=16", "data.eval_batch_size=8", "trainer.max_epochs=2"
+    )
     run_cli([*common, "data.batch_size=16", "logger.tracking_uri=sqlite:///one.db"], tmp_path)
     out = run_cli(
         [
@@ -247,10 +256,7 @@ def test_ddp_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_pat
     import signal
     import time
 
-    model = tiny_bert_without_dropout(tmp_path / "bert")
-    data = write_intents(tmp_path / "data" / "intents").parent
-    args = tiny_overrides(model, data, "method.dropout=0.0", "data.group_by_length=false")
-    args += ["experiment=quickstart", "trainer.accelerator=cpu", "trainer.strategy=ddp"]
+    args = quickstart_on_cpu(tmp_path, "trainer.strategy=ddp")
     args += ["trainer.devices=2", "data.batch_size=8", "data.val_size=16", "trainer.max_epochs=10"]
     args += ["trainer.checkpoint_every_n_steps=2"]
     once, twice = tmp_path / "once", tmp_path / "twice"
@@ -280,17 +286,10 @@ def test_ddp_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_pat
 @pytest.mark.slow
 def test_torchrun_on_a_new_sqlite_store_makes_one_finished_run(tmp_path: Path):
     """torchrun starts both ranks at once: only one may create the store's tables."""
-    model = tiny_bert_without_dropout(tmp_path / "bert")
-    data = write_intents(tmp_path / "data" / "intents").parent
-    args = tiny_overrides(model, data, "experiment=quickstart", "trainer.accelerator=cpu")
-    args += ["trainer.strategy=ddp", "trainer.devices=2", "data.batch_size=8", "data.val_size=16"]
+    args = quickstart_on_cpu(tmp_path, "trainer.strategy=ddp", "trainer.devices=2")
+    args += ["data.batch_size=8", "data.val_size=16"]
     args += ["logger.tracking_uri=sqlite:///new.db", "trainer.max_epochs=1"]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    done = subprocess.run(
-        [*torchrun, str(REPO / "run.py"), *args], cwd=tmp_path, env=env, capture_output=True,
-        text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2")
+    run_cli(args, tmp_path, launcher=torchrun)
     [run], _ = recorded(tmp_path / "new.db")
     assert run.info.status == "FINISHED"
