@@ -28,9 +28,33 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     ]
 
 
-def adamw_kernel(implementation: str) -> dict[str, bool]:
-    """`torch.optim.AdamW` arguments for `optim.implementation` (`default`: torch's choice)."""
+def adamw_kernel(implementation: str, scales_loss: bool = False) -> dict[str, bool]:
+    """`torch.optim.AdamW` arguments for `optim.implementation` (`default`: torch's choice).
+
+    Args:
+        implementation: `fused`, `foreach` or `default`.
+        scales_loss: fp16 training with a gradient scaler and clipping on: a fused step
+            unscales the gradients inside itself, too late for clipping, so `foreach` runs.
+    """
+    if implementation == "fused" and scales_loss:
+        implementation = "foreach"
     return {implementation: True} if implementation in ("foreach", "fused") else {}
+
+
+def clip_unscaled(trainer: L.Trainer, optimizer: torch.optim.Optimizer, value: float) -> bool:
+    """Clip by norm where Lightning's mixed-precision plugin would refuse needlessly.
+
+    Under `bf16-mixed` there is no gradient scaler, so gradients are never scaled, yet Lightning
+    refuses to clip for any optimizer that unscales internally, such as a fused AdamW
+    (Lightning issue #21435). Returns whether it clipped; otherwise Lightning clips as usual.
+    """
+    from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+
+    plugin = trainer.precision_plugin
+    if not (value and type(plugin) is MixedPrecision and plugin.scaler is None):
+        return False
+    Precision.clip_grad_by_norm(plugin, optimizer, value)
+    return True
 
 
 class FineTuneModule(L.LightningModule):
@@ -158,7 +182,7 @@ class FineTuneModule(L.LightningModule):
             param_groups(self, optim.weight_decay),
             lr=optim.lr,
             betas=tuple(optim.betas),
-            **adamw_kernel(optim.implementation),
+            **adamw_kernel(optim.implementation, self._scales_loss_and_clips()),
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         name = "constant_with_warmup" if optim.scheduler == "constant" else optim.scheduler
@@ -172,6 +196,23 @@ class FineTuneModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _scales_loss_and_clips(self) -> bool:
+        plugin = self.trainer.precision_plugin
+        return bool(self.trainer.gradient_clip_val) and getattr(plugin, "scaler", None) is not None
+
+    @override
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        if gradient_clip_algorithm in (None, "norm") and clip_unscaled(
+            self.trainer, optimizer, gradient_clip_val or 0.0
+        ):
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import build_tiny_bert, tiny_overrides
 
+from modules.base import adamw_kernel
 from tunelab import speed
 from tunelab.pipeline import run_experiment
 from tunelab.validate import load_config
@@ -91,3 +92,30 @@ def test_compiled_model_trains_like_the_eager_one(tmp_path, workdir, intent_data
     assert module.model._compiled_call_impl is not None  # nn.Module.compile ran
     assert not any("_orig_mod" in key for key in module.state_dict())  # checkpoints unchanged
     torch.testing.assert_close(losses, eager, rtol=1e-3, atol=1e-4)
+
+
+def test_bf16_mixed_clips_gradients_with_the_fused_default(
+    monkeypatch, workdir, tiny_bert, intent_data
+):
+    # Lightning refuses to clip for a fused AdamW under mixed precision (its issue #21435), even
+    # under bf16, which has no gradient scaler; gradient_clip_val is 1.0 by default
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recorded_clip(parameters, max_norm, *args, **kwargs):
+        norms.append(float(clip(parameters, max_norm, *args, **kwargs)))
+        return torch.tensor(norms[-1])
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recorded_clip)
+    losses, module = train(tiny_bert, intent_data, "trainer.precision=bf16-mixed")
+    assert module.trainer.optimizers[0].defaults["fused"] is True
+    assert len(norms) == len(losses) > 3  # clipped before every optimiser step
+    assert torch.isfinite(losses).all()
+
+
+def test_fp16_with_clipping_steps_with_foreach():
+    # fp16's gradient scaler unscales inside a fused step, too late for clipping (GPU only:
+    # Lightning runs 16-mixed as bf16-mixed on a CPU)
+    assert adamw_kernel("fused", scales_loss=True) == {"foreach": True}
+    assert adamw_kernel("fused", scales_loss=False) == {"fused": True}
+    assert adamw_kernel("default", scales_loss=True) == {}

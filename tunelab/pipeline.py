@@ -198,7 +198,7 @@ def run_experiment(
     if previous is None and run_dir is None and parent_run_id is None:  # a plain run.py run
         previous = rank_zero_previous(lambda: resume.select(run, resolved), resume.Previous)
     with signals.graceful_stop():
-        datamodule, module = _build_data_and_module(run)
+        datamodule, module = build_data_and_module(run)
         run_dir = (
             previous.run_dir if previous else shared_run_dir(run_dir, partial(make_run_dir, run))
         )
@@ -243,7 +243,7 @@ def _fit_logged(
     )
 
 
-def _build_data_and_module(run: RunConfig) -> tuple[Any, Any]:
+def build_data_and_module(run: RunConfig) -> tuple[Any, Any]:
     """Check the architecture, seed, then the prepared datamodule and the module for its labels."""
     import lightning as L
 
