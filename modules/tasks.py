@@ -67,7 +67,7 @@ def load_pretrained(model: ModelConfig, labels: list[str] | None = None) -> nn.M
     Raises:
         ModelLoadError: when the folder or hub id cannot be loaded, with the fix.
     """
-    kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[model.dtype]}
+    kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[model.dtype], **model.config_overrides}
     if TASKS[model.task].has_labels:
         kwargs |= {
             "num_labels": len(labels or []),

@@ -235,6 +235,13 @@ CASES = [
         ("method._target_=os.system",),
         "method._target_",
     ),
+    (
+        "config_override_not_a_model_setting",
+        csv(rows()),
+        "classify",
+        ("+model.config_overrides.hiden_dropout=0.0",),
+        "did you mean 'hidden_dropout_prob'",
+    ),
     ("unknown_experiment", nothing, "config", ("experiment=nosuch",), "experiment=nosuch"),
     ("gpu_recipe_on_cpu", nothing, "config", ("experiment=lora_mistral",), "trainer=cpu"),
     ("bare_command", nothing, "config", (), "no experiment given"),

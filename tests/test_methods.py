@@ -217,6 +217,19 @@ def test_dropout_is_on_in_training_steps_and_off_in_validation(method, trained):
     assert snapshot.dropout_modes == {"train": {True}, "validation": {False}}
 
 
+def test_config_overrides_replace_settings_of_the_models_own_config(tiny_bert, intent_data):
+    from tunelab.pipeline import build_module
+
+    _, run = compose(
+        "freeze", tiny_bert, intent_data, "+model.config_overrides.hidden_dropout_prob=0"
+    )
+    module = build_module(run, LABELS)
+    assert module.model.config.hidden_dropout_prob == 0
+    hidden = [m for n, m in module.model.named_modules() if n.endswith("output.dropout")]
+    assert hidden and all(m.p == 0 for m in hidden)  # attention dropout stays at the model's 0.1
+    assert module.model.config.attention_probs_dropout_prob == 0.1
+
+
 @pytest.mark.parametrize("method", [*METHODS, "distill"])
 def test_training_leaves_frozen_weights_bit_identical(method, trained):
     result, snapshot = trained(method)

@@ -7,7 +7,7 @@ target modules that match nothing, layer counts out of range, a missing teacher.
 
 from __future__ import annotations
 
-from tunelab.config import ConfigError
+from tunelab.config import ConfigError, nearest
 from tunelab.schema import ModelProbe, RunConfig
 from tunelab.tasks import TASKS
 
@@ -53,7 +53,20 @@ def preflight(run: RunConfig) -> ModelProbe | None:
             f"model.max_length: {run.model.max_length} but {run.model.name_or_path} has "
             f"{probe.max_positions} positions; use model.max_length<={probe.max_positions}"
         )
+    check_config_overrides(run.model.config_overrides, probe, problems)
     run.method.check(probe, run.model.task, problems)
     if problems:
         raise ConfigError(problems)
     return probe
+
+
+def check_config_overrides(overrides: dict, probe: ModelProbe, problems: list[str]) -> None:
+    """Each `model.config_overrides` key must be a setting of the model's own config."""
+    settings = sorted(probe.hf_config.to_dict())
+    for key in overrides:
+        if key not in settings:
+            problems.append(
+                f"model.config_overrides.{key}: not a setting of {probe.name_or_path}'s "
+                f"config ({probe.model_type}){nearest(key, settings)}; its settings: "
+                f"{', '.join(settings)}"
+            )

@@ -125,6 +125,9 @@ class ModelConfig(Strict):
     double_quant: bool = True
     compute_dtype: DType = "float32"
     quant_storage: DType | Literal["uint8"] = "uint8"  # 4-bit packing; FSDP needs compute_dtype
+    # settings of the model's own config.json replaced at loading, e.g. dropout:
+    # +model.config_overrides.hidden_dropout_prob=0.0 (checked against the config by preflight)
+    config_overrides: dict[str, bool | int | float | str] = {}
 
 
 class OptimConfig(Strict):
