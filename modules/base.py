@@ -123,7 +123,13 @@ class FineTuneModule(L.LightningModule):
         return self.model(**batch)
 
     def compute_loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The method's training objective for one batch."""
+        """The method's training objective for one batch (its cross-entropy label-smoothed)."""
+        if self.optim_cfg.label_smoothing:  # classification only (validated)
+            outputs["loss"] = torch.nn.functional.cross_entropy(
+                outputs.logits.float(),
+                batch["labels"],
+                label_smoothing=self.optim_cfg.label_smoothing,
+            )
         return self.method.loss(outputs, batch, self.task)
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:

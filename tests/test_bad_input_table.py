@@ -242,6 +242,13 @@ CASES = [
         ("+model.config_overrides.hiden_dropout=0.0",),
         "did you mean 'hidden_dropout_prob'",
     ),
+    (
+        "label_smoothing_for_a_decoder",
+        qa(QA),
+        "instruct",
+        ("optim.label_smoothing=0.1",),
+        "optim.label_smoothing",
+    ),
     ("unknown_experiment", nothing, "config", ("experiment=nosuch",), "experiment=nosuch"),
     ("gpu_recipe_on_cpu", nothing, "config", ("experiment=lora_mistral",), "trainer=cpu"),
     ("bare_command", nothing, "config", (), "no experiment given"),

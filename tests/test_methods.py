@@ -230,6 +230,20 @@ def test_config_overrides_replace_settings_of_the_models_own_config(tiny_bert, i
     assert module.model.config.attention_probs_dropout_prob == 0.1
 
 
+def test_label_smoothing_smooths_the_training_loss_only(tiny_bert, intent_data):
+    from tunelab.pipeline import build_module
+
+    _, run = compose("full", tiny_bert, intent_data, "optim.label_smoothing=0.2")
+    module = build_module(run, LABELS).eval()
+    batch = fixed_batch(tiny_bert)
+    with torch.no_grad():
+        plain = module(**batch)
+        smoothed = module.compute_loss(module(**batch), batch)
+    expected = nn.functional.cross_entropy(plain.logits, batch["labels"], label_smoothing=0.2)
+    torch.testing.assert_close(smoothed, expected)
+    assert not torch.isclose(smoothed, plain.loss)  # the unsmoothed loss validation logs
+
+
 @pytest.mark.parametrize("method", [*METHODS, "distill"])
 def test_training_leaves_frozen_weights_bit_identical(method, trained):
     result, snapshot = trained(method)

@@ -67,8 +67,15 @@ def _check_paths(raw: dict[str, Any], problems: list[str]) -> None:
         )
 
 
-def _check_pairing(method: Any, data: Any, model: dict[str, Any], problems: list[str]) -> None:
-    """Method, data and model must fit together."""
+def _check_pairing(raw: dict[str, Any], method: Any, data: Any, problems: list[str]) -> None:
+    """Method, data, model and objective must fit together."""
+    model = raw.get("model") or {}
+    smoothing = (raw.get("optim") or {}).get("label_smoothing")
+    if smoothing and model.get("task") == "causal_lm":
+        problems.append(
+            f"optim.label_smoothing={smoothing}: smooths class labels, but model.task=causal_lm "
+            "predicts tokens; use optim.label_smoothing=0 or a classification model="
+        )
     if data is not None and model.get("task") and data.task != model["task"]:
         problems.append(
             f"data={data.name} feeds a {data.task} model but model.task="
@@ -109,7 +116,7 @@ def validate(cfg: DictConfig, problems: list[str] | None = None) -> RunConfig:
     data = check_plugin("data", raw.get("data"), problems)
     run = check(RunConfig, raw | {"method": method, "data": data}, "", problems)
     _check_paths(raw, problems)
-    _check_pairing(method, data, raw.get("model") or {}, problems)
+    _check_pairing(raw, method, data, problems)
     check_strategy(raw, problems)
     if problems:
         raise ConfigError(problems)
