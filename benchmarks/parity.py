@@ -194,12 +194,11 @@ def machine() -> str:
 
     import torch
 
-    cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [x for x in cpuinfo.read_text().splitlines() if x.startswith("model name")]
-        cpu = names[0].split(":", 1)[1].strip() if names else cpu
-    amx = "AMX" if "amx_bf16" in (cpuinfo.read_text() if cpuinfo.exists() else "") else "no AMX"
+    text = cpuinfo.read_text() if cpuinfo.exists() else ""
+    names = [x.split(":", 1)[1].strip() for x in text.splitlines() if x.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    amx = "AMX" if "amx_bf16" in text else "no AMX"
     today = datetime.date.today()
     return f"{cpu} ({amx}), {os.cpu_count()} cores, torch {torch.__version__}, {today}"
 

@@ -148,6 +148,17 @@ def test_logged_model_and_export_folder_predict_the_same(classifier):
     assert version.run_id == run_id
 
 
+def test_an_adapter_export_rebuilds_its_base_with_the_runs_config_overrides(
+    tmp_path, tiny_bert, intent_data
+):
+    override = "+model.config_overrides.layer_norm_eps=0.5"  # changes what the base computes
+    _, _, export = quickstart(tmp_path, tiny_bert, intent_data, override)
+    from tunelab.predict import load_predictor
+
+    predictor = load_predictor(str(export), None)  # a LoRA adapter over the rebuilt base
+    assert predictor.model.get_base_model().config.layer_norm_eps == 0.5
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -3,8 +3,9 @@
 An export folder is what `export/` of a run holds: a PEFT adapter (`adapter_config.json` with a
 `peft_type`) over the base recorded at training time, tunelab's bottleneck adapter
 (`adapter_config.json` with a `method`), or a whole Hugging Face model (full, freeze, distill).
-Adapters rebuild their base from `info["base"]`, the training run's `model.name_or_path`: that
-folder or hub id must be reachable where the model is loaded.
+Adapters rebuild their base from `info["base"]`, the training run's `model.name_or_path`, with its
+`model.config_overrides` (`info["base_config_overrides"]`): that folder or hub id must be
+reachable where the model is loaded.
 
 `info` (written into the MLflow Model as its `model_config`) says what the export predicts:
 `kind` (`classifier` or `generator`), `labels`, `max_length`, and for generators the prompt
@@ -30,6 +31,7 @@ def model_info(resolved: dict[str, Any], labels: list[str] | None) -> dict[str, 
         "kind": TASKS[model["task"]].export_kind,
         "task": model["task"],
         "base": model["name_or_path"],
+        "base_config_overrides": dict(model.get("config_overrides") or {}),
         "labels": list(labels or []),
         "max_length": model["max_length"],
         "template": data.get("template", "auto"),
@@ -51,7 +53,8 @@ def load_model(folder: Path, info: dict[str, Any]) -> Any:
         elif "peft_type" in saved:
             from peft import PeftModel
 
-            base = auto.from_pretrained(info["base"], **_label_kwargs(info))
+            overrides = info.get("base_config_overrides", {})  # the base as it was trained
+            base = auto.from_pretrained(info["base"], **overrides, **_label_kwargs(info))
             model = PeftModel.from_pretrained(base, folder)
         else:
             model = auto.from_pretrained(folder)

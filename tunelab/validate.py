@@ -17,6 +17,7 @@ from tunelab.config import GROUP_DIRS, ConfigError, compose, nearest
 from tunelab.plugins import locate_plugin
 from tunelab.schema import RunConfig
 from tunelab.strategies import check_strategy
+from tunelab.tasks import TASKS
 
 LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
 
@@ -71,10 +72,11 @@ def _check_pairing(raw: dict[str, Any], method: Any, data: Any, problems: list[s
     """Method, data, model and objective must fit together."""
     model = raw.get("model") or {}
     smoothing = (raw.get("optim") or {}).get("label_smoothing")
-    if smoothing and model.get("task") == "causal_lm":
+    task = TASKS.get(model.get("task"))
+    if smoothing and task is not None and not task.has_labels:
         problems.append(
-            f"optim.label_smoothing={smoothing}: smooths class labels, but model.task=causal_lm "
-            "predicts tokens; use optim.label_smoothing=0 or a classification model="
+            f"optim.label_smoothing={smoothing}: smooths class labels, but model.task="
+            f"{task.name} predicts tokens; use optim.label_smoothing=0 or a classification model="
         )
     if data is not None and model.get("task") and data.task != model["task"]:
         problems.append(
