@@ -20,10 +20,9 @@ def main(argv: list[str]) -> int:
     if not argv or any(arg in ("-h", "--help", "help") for arg in argv):
         print(__doc__)
         return 0 if argv else 2
-    from tunelab.compare import compare
-    from tunelab.config import ConfigError
-    from tunelab.errors import TunelabError
-    from tunelab.report import quiet_libraries
+    from tunelab.base.errors import ConfigError, TunelabError
+    from tunelab.run.compare import compare
+    from tunelab.tracking.report import quiet_libraries
 
     quiet_libraries()
     try:

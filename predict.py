@@ -18,13 +18,12 @@ def main(argv: list[str]) -> int:
     if not argv or any(arg in ("-h", "--help", "help") for arg in argv):
         print(__doc__)
         return 0
-    from tunelab.config import ConfigError
-    from tunelab.errors import TunelabError
-    from tunelab.predict import parse_args, predict, write_rows
+    from tunelab.base.errors import ConfigError, TunelabError
+    from tunelab.serving.predict import parse_args, predict, write_rows
 
     try:
         args = parse_args(argv)
-        from tunelab.report import quiet_libraries
+        from tunelab.tracking.report import quiet_libraries
 
         quiet_libraries()
         result, rate = predict(args)

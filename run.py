@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tunelab.config import GROUP_DIRS, available
+from tunelab.config.compose import GROUP_DIRS, available
 
 USAGE = """usage: python run.py experiment=NAME [group=option ...] [key=value ...] [--cfg]
 
@@ -61,7 +61,7 @@ def interrupted_line(stop, args: list[str]) -> str:
 
 def execute(args: list[str], print_only: bool) -> None:
     """Compose and validate `args`, then print the config, run the sweep or run the experiment."""
-    from tunelab.validate import load_config
+    from tunelab.config.validate import load_config
 
     if any(a.lstrip("+").startswith("sweep=") for a in args):
         from sweeps.space import load_sweep_config
@@ -78,7 +78,7 @@ def execute(args: list[str], print_only: bool) -> None:
 
         run_sweep(args, cfg, run, space)
     else:
-        from tunelab.report import run_and_report
+        from tunelab.tracking.report import run_and_report
 
         run_and_report(cfg, run)
 
@@ -91,9 +91,8 @@ def main(argv: list[str]) -> int:
     if not argv:  # no recipe: say how to pick one rather than train a default
         print(f"{USAGE}\n\nerror: no experiment given; list them with --help", file=sys.stderr)
         return 2
-    from tunelab.config import ConfigError
-    from tunelab.errors import TunelabError
-    from tunelab.signals import Interrupted
+    from tunelab.base.errors import ConfigError, TunelabError
+    from tunelab.run.signals import Interrupted
 
     args = [arg for arg in argv if arg != "--cfg"]
     try:

@@ -1,7 +1,7 @@
 """Every fine-tuning method on BANKING77 with all-MiniLM-L6-v2: same seed, split and budget.
 
 Each method runs its own recipe `experiments/<method>_minilm_banking77.yaml` (which documents
-its learning rate) through `tunelab.pipeline.run_experiment`, in a fresh child process so that
+its learning rate) through `tunelab.run.pipeline.run_experiment`, in a fresh child process so that
 peak RSS is per method, and logs into one MLflow experiment (`compare_methods`) so the MLflow UI
 compares them. `full` runs first: its export is the teacher of `distill`. Writes
 `benchmarks/results/compare_methods.{md,csv}` and `accuracy_vs_params.png`.
@@ -88,10 +88,10 @@ def run_child(method: str, args: argparse.Namespace) -> dict:
     from mlflow import MlflowClient
 
     from callbacks.throughput import Throughput
-    from tunelab.pipeline import run_experiment
-    from tunelab.report import quiet_libraries
-    from tunelab.tracking import absolute_uri
-    from tunelab.validate import load_config
+    from tunelab.config.validate import load_config
+    from tunelab.run.pipeline import run_experiment
+    from tunelab.tracking.report import quiet_libraries
+    from tunelab.tracking.store import absolute_uri
 
     quiet_libraries()
     cfg, run = load_config(overrides(method, args, args.teacher))
@@ -181,7 +181,7 @@ def write_table(rows: list[dict], args: argparse.Namespace, command: str) -> Non
 
 def plot(rows: list[dict], args: argparse.Namespace) -> None:
     """Test accuracy against trainable parameters (log x), one labelled point per method."""
-    from tunelab.compare_report import plot_scores
+    from tunelab.run.compare_report import plot_scores
 
     percent = [r | {"test_acc_pct": 100 * r["test_acc"]} for r in rows]
     title = f"all-MiniLM-L6-v2 · {budget_line(args)}"

@@ -90,9 +90,9 @@ def worker(method: str, folder: Path, steps: int, seq: int, checkpointing: bool)
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
-    from tunelab.config import GROUP_DIRS
-    from tunelab.schema import ModelConfig, OptimConfig
-    from tunelab.validate import check_plugin
+    from tunelab.base.schema import ModelConfig, OptimConfig
+    from tunelab.config.compose import GROUP_DIRS
+    from tunelab.config.validate import check_plugin
 
     sampler = PeakSampler()
     torch.manual_seed(0)

@@ -5,7 +5,7 @@
 A random-init Mistral (`--hidden`, `--layers`) gets a LoRA module (all linear layers, r=16)
 with a non-zero adapter; its adapter is exported, then merged and saved either the old way
 (`module.load_base()` again, adapter loaded from the export, `merge_and_unload`) or the new
-(`modules.merge.export_merged`: the module's own weights, in place). Each way runs in its own
+(`tunelab.run.merge.export_merged`: the module's own weights, in place). Each way runs in its own
 process; memory is its resident set size, sampled every 5 ms while merging and saving.
 """
 
@@ -48,8 +48,8 @@ def one_way(way: str, base: Path, work: Path) -> dict:
     import torch
     from peft import PeftModel
 
-    from modules.merge import export_merged
     from tests.module_helpers import make_module
+    from tunelab.run.merge import export_merged
 
     model = {"name_or_path": str(base), "task": "causal_lm", "max_length": 64}
     module = make_module("lora", model, target_modules="all-linear")

@@ -82,7 +82,7 @@ def run_one(args: argparse.Namespace) -> dict:
     import parity_loops as loops
     from mfu import step_flops
 
-    from tunelab.validate import load_config
+    from tunelab.config.validate import load_config
 
     contender, model, method, mode = args.one
     total = args.warmup + args.steps
@@ -109,7 +109,7 @@ def peaks(model: str, workdir: Path) -> dict:
     from mfu import gemm_peak, linear_shapes
     from transformers import AutoConfig, AutoModel
 
-    from tunelab.validate import load_config
+    from tunelab.config.validate import load_config
 
     _, run = load_config(overrides(model, "full", "parity", workdir, 1))
     config = AutoConfig.from_pretrained(run.model.name_or_path)

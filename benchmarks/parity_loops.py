@@ -73,7 +73,7 @@ def prepared(run: Any) -> tuple[Any, Any, Any]:
     """Seed, then tunelab's datamodule (set up), module and the training split."""
     import lightning as L
 
-    from tunelab.pipeline import build_datamodule, build_module
+    from tunelab.run.pipeline import build_datamodule, build_module
 
     L.seed_everything(run.seed, verbose=False)
     datamodule = build_datamodule(run)
@@ -89,7 +89,7 @@ def run_tunelab(cfg: Any, run: Any) -> Timed:
     """The tunelab pipeline (`run_experiment`), timed by a callback; validation/test off."""
     from lightning.pytorch.callbacks import Callback
 
-    from tunelab.pipeline import run_experiment
+    from tunelab.run.pipeline import run_experiment
 
     times, counted, seen = StepTimes(), Counted(), {}
 
@@ -110,7 +110,7 @@ def run_plain(run: Any, total: int, mode: str) -> Timed:
     from torch.utils.data import DataLoader
     from transformers import get_scheduler
 
-    from modules.base import adamw_kernel, param_groups
+    from tunelab.run.module import adamw_kernel, param_groups
 
     datamodule, module, rows = prepared(run)
     model, optim = module.model.train(), run.optim

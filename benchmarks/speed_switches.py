@@ -65,7 +65,7 @@ def eval_rows_per_s(size: int, workdir: Path) -> dict:
     import lightning as L
     from parity_loops import prepared
 
-    from tunelab.validate import load_config
+    from tunelab.config.validate import load_config
 
     overrides = parity.overrides("encoder", "lora", "defaults", workdir, 1)
     _, run = load_config([*overrides, f"data.eval_batch_size={size}"])

@@ -45,9 +45,9 @@ def untested_config(run_dir: Path) -> dict:
 
 def test_once(run_dir: Path) -> dict[str, float]:
     """Test `run_dir`'s best checkpoint and log the result into its MLflow run."""
-    from tunelab import tracking
-    from tunelab.pipeline import build_data_and_module, build_trainer
-    from tunelab.validate import validate
+    from tunelab.config.validate import validate
+    from tunelab.run.pipeline import build_data_and_module, build_trainer
+    from tunelab.tracking import store as tracking
 
     checkpoint, config = best_checkpoint(run_dir), untested_config(run_dir)
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]

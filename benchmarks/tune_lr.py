@@ -37,7 +37,7 @@ METHODS = [
 
 def recipe_lr(method: str) -> float:
     """The learning rate written in the method's recipe."""
-    from tunelab.validate import load_config
+    from tunelab.config.validate import load_config
 
     _, run = load_config([f"experiment={method}_minilm_banking77"])
     return run.optim.lr

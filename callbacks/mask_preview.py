@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 from typing_extensions import override
 
-from datamodules.prompting import render_mask
+from tunelab.base.prompting import render_mask
 
 HEADER = (
     "Label mask preview: tokens inside «» are trained on (labels = token ids); everything else\n"

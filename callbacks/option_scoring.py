@@ -2,7 +2,7 @@
 
 For a closed answer set (PubMedQA's yes / no / maybe, or any class names), each option is
 written as the response after the test prompt, encoded exactly as in training
-(`datamodules.prompting.encode_example`, so the chat template's end-of-turn or the plain
+(`tunelab.base.prompting.encode_example`, so the chat template's end-of-turn or the plain
 template's eos is part of the option), and scored by the summed log-probability of its response
 tokens. Nothing is generated. On PubMedQA the model sees question and abstract, never the long
 answer, and writes no reasoning before deciding: the standard *reasoning-required* setting of
@@ -25,8 +25,8 @@ import torch
 from typing_extensions import override
 
 from callbacks.generation_eval import log_report_files, single_model
-from datamodules import prompting
-from tunelab.errors import DataError
+from tunelab.base import prompting
+from tunelab.base.errors import DataError
 
 
 def sequence_logprobs(model: Any, rows: list[dict[str, list[int]]], pad_id: int) -> torch.Tensor:

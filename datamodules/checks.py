@@ -15,7 +15,7 @@ from typing import Any
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from datasets.utils import logging as datasets_logging
 
-from tunelab.errors import DataError
+from tunelab.base.errors import DataError
 
 NOT_UTF8 = "it is not UTF-8 text; save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 in > out)"
 

@@ -14,7 +14,7 @@ from datamodules.batching import grouped, length_grouped_sampler
 from datamodules.families import ClassificationData
 from datamodules.labels import encode_labels, label_names
 from datamodules.resumable import shuffled, training_loader
-from tunelab.errors import DataError
+from tunelab.base.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 

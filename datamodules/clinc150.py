@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import field_validator
 
 from datamodules.families import ClassificationData
-from tunelab.errors import DataError
+from tunelab.base.errors import DataError
 
 DOMAINS = (
     "auto_and_commute",

@@ -9,7 +9,7 @@ from datasets import Dataset, DatasetDict, load_dataset
 
 from datamodules import checks
 from datamodules.labels import encode_labels, label_names
-from tunelab.errors import DataError
+from tunelab.base.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def load_tokenizer(name_or_path: str):
     """Load the tokenizer of `model.name_or_path`, with the fix in the error."""
     from transformers import AutoTokenizer
 
-    from tunelab.errors import ModelLoadError
+    from tunelab.base.errors import ModelLoadError
 
     try:
         return AutoTokenizer.from_pretrained(name_or_path)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field
 
-from tunelab.schema import DataConfig, PositiveInt
+from tunelab.base.schema import DataConfig, PositiveInt
 
 Record = dict[str, Any]
 SplitSize = Annotated[float, Field(gt=0)]  # a fraction (< 1) or a row count carved off a split

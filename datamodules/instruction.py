@@ -10,11 +10,12 @@ from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from datamodules import common, prepared, prompting
+from datamodules import common, prepared
 from datamodules.batching import grouped
 from datamodules.families import InstructionData, Record
 from datamodules.resumable import shuffled, training_loader
-from tunelab.errors import DataError
+from tunelab.base import prompting
+from tunelab.base.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 
@@ -28,7 +29,7 @@ def where(record: Record) -> str:
 class InstructionDataModule(L.LightningDataModule):
     """A loader's (instruction, input, response) records -> masked decoder samples.
 
-    Examples are rendered by `datamodules.prompting` (chat template or plain template), labels
+    Examples are rendered by `tunelab.base.prompting` (chat template or plain template), labels
     are -100 on prompt and padding tokens, and training rows are optionally packed. The loader
     (`data.load`) decides the splits; this module checks, subsamples, encodes and batches them.
 

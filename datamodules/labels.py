@@ -6,7 +6,7 @@ from typing import Any
 
 from datasets import ClassLabel, DatasetDict
 
-from tunelab.errors import DataError
+from tunelab.base.errors import DataError
 
 
 def label_names(data: DatasetDict, column: str) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Annotated
 from pydantic import Field
 
 from datamodules.families import InstructionData, Record
-from tunelab.errors import DataError
+from tunelab.base.errors import DataError
 
 FOLDERS = ("5_NIDDK_QA", "6_NINDS_QA")
 

@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 from datamodules.families import InstructionData, Record, SplitSize
-from tunelab.errors import DataError
+from tunelab.base.errors import DataError
 
 # The only fields read from `ori_pqal.json`; the annotators' `reasoning_*_pred` labels are
 # annotator output and must never reach the model.

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from modules.targets import check_targets
-from tunelab.schema import MethodConfig, ModelConfig, ModelProbe, PositiveInt
+from tunelab.base.schema import MethodConfig, ModelConfig, ModelProbe, PositiveInt
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 
@@ -78,7 +78,7 @@ def load_adapter_export(folder: str | Path, name_or_path: str | None = None) -> 
     """
     from safetensors.torch import load_file
 
-    from modules.tasks import load_pretrained
+    from tunelab.base.models import load_pretrained
 
     folder = Path(folder)
     saved = json.loads((folder / CONFIG_FILE).read_text())

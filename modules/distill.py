@@ -18,9 +18,8 @@ from typing import Annotated, Any
 
 from pydantic import Field, PrivateAttr, field_validator
 
-from tunelab.config import ConfigError
-from tunelab.errors import ModelLoadError
-from tunelab.schema import MethodConfig, ModelConfig, ModelProbe, PositiveInt, Probability
+from tunelab.base.errors import ConfigError, ModelLoadError
+from tunelab.base.schema import MethodConfig, ModelConfig, ModelProbe, PositiveInt, Probability
 
 
 def resolve_teacher(teacher: str, tracking_uri: str | None) -> Path:
@@ -31,7 +30,7 @@ def resolve_teacher(teacher: str, tracking_uri: str | None) -> Path:
     if teacher.startswith("mlflow:"):
         from mlflow.artifacts import download_artifacts
 
-        from tunelab.tracking import absolute_uri
+        from tunelab.tracking.store import absolute_uri
 
         run_id = teacher.removeprefix("mlflow:")
         uri = absolute_uri(tracking_uri) if tracking_uri else None
@@ -61,7 +60,7 @@ def load_teacher(path: Path, model_cfg: ModelConfig, labels: list[str] | None) -
         ConfigError: when the teacher's classes differ from the data's.
     """
     if path.suffix == ".ckpt":
-        from tunelab.checkpoint import load_module
+        from tunelab.run.checkpoint import load_module
 
         model = load_module(path).model
         if hasattr(model, "merge_and_unload"):
@@ -70,7 +69,7 @@ def load_teacher(path: Path, model_cfg: ModelConfig, labels: list[str] | None) -
             except (AttributeError, ValueError) as err:
                 raise ModelLoadError(f"method.teacher: cannot merge {path}: {err}") from err
     elif (path / "config.json").exists() and not (path / "adapter_config.json").exists():
-        from modules.tasks import load_pretrained
+        from tunelab.base.models import load_pretrained
 
         model = load_pretrained(model_cfg.model_copy(update={"name_or_path": str(path)}), labels)
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.schema import MethodConfig, ModelProbe, PositiveInt
+from tunelab.base.schema import MethodConfig, ModelProbe, PositiveInt
 
 
 def freeze_bottom(model: Any, trainable_layers: int) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunelab.schema import MethodConfig
+from tunelab.base.schema import MethodConfig
 
 
 class FullMethod(MethodConfig):

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from pydantic import model_validator
 
 from modules.targets import check_targets
-from tunelab.schema import MethodConfig, ModelProbe
+from tunelab.base.schema import MethodConfig, ModelProbe
 
 
 class IA3Method(MethodConfig):
@@ -43,7 +43,7 @@ class IA3Method(MethodConfig):
         """Wrap `model` with peft (IA)^3 vectors."""
         from peft import IA3Config, get_peft_model
 
-        from modules.tasks import peft_task_type
+        from tunelab.base.models import peft_task_type
 
         config = IA3Config(
             task_type=peft_task_type(task),

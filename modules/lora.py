@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from modules.targets import check_targets
-from tunelab.schema import MethodConfig, ModelProbe, PositiveInt, Probability
+from tunelab.base.schema import MethodConfig, ModelProbe, PositiveInt, Probability
 
 
 class LoraMethod(MethodConfig):
@@ -44,7 +44,7 @@ class LoraMethod(MethodConfig):
         """Wrap `model` with peft LoRA (or DoRA) adapters."""
         from peft import LoraConfig, get_peft_model
 
-        from modules.tasks import peft_task_type
+        from tunelab.base.models import peft_task_type
 
         config = LoraConfig(
             task_type=peft_task_type(task),

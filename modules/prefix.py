@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tunelab.schema import MethodConfig, PositiveInt
+from tunelab.base.schema import MethodConfig, PositiveInt
 
 
 class PrefixMethod(MethodConfig):
@@ -31,7 +31,7 @@ class PrefixMethod(MethodConfig):
         """Wrap `model` with peft prefix tuning."""
         from peft import PrefixTuningConfig, get_peft_model
 
-        from modules.tasks import peft_task_type
+        from tunelab.base.models import peft_task_type
 
         config = PrefixTuningConfig(
             task_type=peft_task_type(task),

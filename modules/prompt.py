@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tunelab.schema import MethodConfig, PositiveInt
+from tunelab.base.schema import MethodConfig, PositiveInt
 
 
 class PromptMethod(MethodConfig):
@@ -29,7 +29,7 @@ class PromptMethod(MethodConfig):
         """Wrap `model` with a peft soft prompt."""
         from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-        from modules.tasks import peft_task_type
+        from tunelab.base.models import peft_task_type
 
         text = self.init_text
         config = PromptTuningConfig(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tunelab.schema import MethodConfig, PositiveInt
+from tunelab.base.schema import MethodConfig, PositiveInt
 
 
 class PTuningMethod(MethodConfig):
@@ -28,7 +28,7 @@ class PTuningMethod(MethodConfig):
         """Wrap `model` with a peft prompt encoder."""
         from peft import PromptEncoderConfig, get_peft_model
 
-        from modules.tasks import peft_task_type
+        from tunelab.base.models import peft_task_type
 
         config = PromptEncoderConfig(
             task_type=peft_task_type(task),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunelab.schema import ModelProbe
+from tunelab.base.schema import ModelProbe
 
 
 def matches(name: str, target: str) -> bool:

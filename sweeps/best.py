@@ -14,8 +14,8 @@ from typing import Any
 import optuna
 from mlflow import MlflowClient
 
-from tunelab.schema import RunConfig
-from tunelab.tracking import absolute_uri
+from tunelab.base.schema import RunConfig
+from tunelab.tracking.store import absolute_uri
 
 ALIAS = "champion"
 CARRIED = ("val/", "test/", "params/")
@@ -72,7 +72,7 @@ def register_best(client: MlflowClient, run: RunConfig, child_id: str) -> str | 
     """Register the best trial's model (`logger.register_as`, else the experiment name)."""
     from mlflow.exceptions import MlflowException
 
-    from tunelab.mlflow_model import register
+    from tunelab.serving.mlflow_model import register
 
     if not client.get_run(child_id).outputs.model_outputs:
         return None  # export.save_model=false or logger.log_model=false: no model to register

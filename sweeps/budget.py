@@ -15,8 +15,8 @@ import optuna
 from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from tunelab import resume
-from tunelab.resume import Previous
+from tunelab.run import resume
+from tunelab.run.resume import Previous
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

@@ -2,7 +2,7 @@
 
 Workers started at the same moment on one storage would each find no study (or no parent run)
 and create one. On SQLite a file lock beside the database serialises them on this machine
-(`tunelab.tracking.sqlite_lock`); on a PostgreSQL server, where workers run on several
+(`tunelab.tracking.store.sqlite_lock`); on a PostgreSQL server, where workers run on several
 machines, a session-level advisory lock taken in the database itself does, so no worker has to
 be started first. Other server URLs get no lock (Optuna's `load_if_exists` still holds).
 """
@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tunelab.tracking import sqlite_lock
+from tunelab.tracking.store import sqlite_lock
 
 LOCK_KEY = zlib.crc32(b"tunelab sweep setup")  # one advisory lock id for every tunelab sweep
 

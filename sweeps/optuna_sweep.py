@@ -26,9 +26,9 @@ from sweeps import budget, report
 from sweeps.locks import setup_lock
 from sweeps.space import SweepConfig, suggest, trial_config
 from sweeps.stale import close_dead_trial, fail_dead_local_trials, worker_id
-from tunelab.errors import TunelabError
-from tunelab.schema import RunConfig
-from tunelab.signals import Interrupted
+from tunelab.base.errors import TunelabError
+from tunelab.base.schema import RunConfig
+from tunelab.run.signals import Interrupted
 
 
 class SweepInterrupted(TunelabError):
@@ -195,8 +195,8 @@ class Objective:
 
     def _train(self, trial: optuna.Trial, recorder: TrialRecorder) -> Any:
         """Sample, validate and run the trial's experiment in its own folder."""
-        from tunelab.pipeline import run_experiment
-        from tunelab.validate import validate
+        from tunelab.config.validate import validate
+        from tunelab.run.pipeline import run_experiment
 
         trial_cfg = trial_config(self.args, suggest(trial, self.space, self.args))
         run = validate(trial_cfg)
@@ -254,7 +254,7 @@ def run_sweep(args: list[str], cfg: DictConfig, run: RunConfig, space: SweepConf
         run: the same, validated.
         space: the validated search space (`sweeps.space.check_sweep`).
     """
-    from tunelab.report import quiet_libraries
+    from tunelab.tracking.report import quiet_libraries
 
     quiet_libraries()
     with setup_lock(space.storage):  # workers started together: one study, one parent run

@@ -15,10 +15,10 @@ from mlflow.entities import Param
 from omegaconf import DictConfig, OmegaConf
 
 from sweeps.space import SweepConfig, trial_config
-from tunelab.config import available
-from tunelab.run_info import run_link
-from tunelab.schema import RunConfig
-from tunelab.tracking import absolute_uri, ensure_experiment, flatten, run_tags
+from tunelab.base.schema import RunConfig
+from tunelab.config.compose import available
+from tunelab.tracking.run_info import run_link
+from tunelab.tracking.store import absolute_uri, ensure_experiment, flatten, run_tags
 
 PLOTS = ("plot_optimization_history", "plot_param_importances", "plot_parallel_coordinate")
 

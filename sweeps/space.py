@@ -24,9 +24,10 @@ from typing import Annotated, Any, Literal
 from omegaconf import DictConfig, OmegaConf
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from tunelab.config import ConfigError, available, compose, leaf_paths, nearest
-from tunelab.schema import PositiveInt, RunConfig, Strict
-from tunelab.validate import check, load_config, validate
+from tunelab.base.errors import ConfigError
+from tunelab.base.schema import PositiveInt, RunConfig, Strict
+from tunelab.config.compose import available, compose, leaf_paths, nearest
+from tunelab.config.validate import check, load_config, validate
 
 SWAPPABLE_GROUPS = ("method", "data", "model", "optim", "trainer", "logger", "export")
 

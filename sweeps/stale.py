@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 from optuna.storages import BaseStorage, RetryFailedTrialCallback
 from optuna.trial import TrialState
 
-from tunelab.resume import process_alive
-from tunelab.tracking import absolute_uri
+from tunelab.run.resume import process_alive
+from tunelab.tracking.store import absolute_uri
 
 
 def close_dead_trial(trial: optuna.Trial, tracking_uri: str) -> int | None:

@@ -6,9 +6,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from tunelab.config import GROUP_DIRS
-from tunelab.schema import ModelConfig, OptimConfig
-from tunelab.validate import check_plugin
+from tunelab.base.schema import ModelConfig, OptimConfig
+from tunelab.config.compose import GROUP_DIRS
+from tunelab.config.validate import check_plugin
 
 OPTIM = {"lr": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "scheduler": "constant"}
 

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 import run as cli
 from datamodules.classification import ClassificationDataModule
 from datamodules.text_classification import TextClassification
-from tunelab.errors import DataError, ModelLoadError
+from tunelab.base.errors import DataError, ModelLoadError
 
 
 def datamodule(root: Path, tokenizer: Path, **overrides) -> ClassificationDataModule:
@@ -93,8 +93,8 @@ def test_missing_data_names_the_data_root(tmp_path, tiny_bert):
 
 
 def test_wrong_model_path_is_a_named_error(tmp_path):
-    from modules import tasks
-    from tunelab.schema import ModelConfig
+    from tunelab.base import models as tasks
+    from tunelab.base.schema import ModelConfig
 
     empty = tmp_path / "not_a_model"
     empty.mkdir()

@@ -8,8 +8,8 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 import compare as cli
-from tunelab.compare import method_args, parse_args, read_table, recipe_method
-from tunelab.config import ConfigError
+from tunelab.base.errors import ConfigError
+from tunelab.run.compare import method_args, parse_args, read_table, recipe_method
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

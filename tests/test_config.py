@@ -8,8 +8,9 @@ import sys
 import pytest
 
 import run as cli
-from tunelab.config import GROUP_DIRS, REPO_ROOT, ConfigError, available
-from tunelab.validate import load_config
+from tunelab.base.errors import ConfigError
+from tunelab.config.compose import GROUP_DIRS, REPO_ROOT, available
+from tunelab.config.validate import load_config
 
 EXPERIMENTS = available("experiment")
 
@@ -129,7 +130,7 @@ def test_defaults_live_in_the_config_classes_only():
     """A method or dataset YAML sets `_target_`, `name` and nothing that equals a class default."""
     from omegaconf import OmegaConf
 
-    from tunelab.plugins import locate_plugin
+    from tunelab.config.plugins import locate_plugin
 
     for group in ("method", "data"):
         for name in available(group):
@@ -150,7 +151,7 @@ def test_cli_reports_config_errors_without_traceback(capsys: pytest.CaptureFixtu
 def test_help_and_validation_import_nothing_heavy():
     code = (
         "import sys, run; run.main(['--help']);"
-        "from tunelab.validate import load_config; load_config(['experiment=quickstart']);"
+        "from tunelab.config.validate import load_config; load_config(['experiment=quickstart']);"
         "heavy = [m for m in ('torch', 'lightning', 'transformers', 'mlflow', 'peft') "
         "if m in sys.modules]; print('HEAVY', heavy)"
     )
@@ -165,7 +166,7 @@ def _args_for(group: str, option: str) -> list[str]:
     """A command line selecting `group=option` on the root defaults, with what it requires."""
     from omegaconf import OmegaConf
 
-    from tunelab.plugins import locate_plugin
+    from tunelab.config.plugins import locate_plugin
 
     args = [f"{group}={option}"]
     raw = OmegaConf.to_container(OmegaConf.load(GROUP_DIRS[group] / f"{option}.yaml"))

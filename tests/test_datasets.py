@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from pydantic import ValidationError
 
 from datamodules.clinc150 import DOMAINS, Clinc150
-from tunelab.schema import DataConfig
+from tunelab.base.schema import DataConfig
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = Path(os.environ.get("TUNELAB_DATA_DIR", "data"))

@@ -10,10 +10,10 @@ import pytest
 import torch
 from decoder_helpers import build_tiny, qa_rows, write_qa
 
-from datamodules import prompting
 from datamodules.instruction import InstructionDataModule
 from datamodules.instruction_file import InstructionFile
-from tunelab.errors import DataError
+from tunelab.base import prompting
+from tunelab.base.errors import DataError
 
 EXAMPLE = {"instruction": "What is gout ?", "input": "about the bone", "response": "A joint pain."}
 
@@ -246,7 +246,7 @@ def test_pubmedqa_uses_test_pmids_and_never_the_reasoning_labels(tmp_path, model
     ],
 )
 def test_decoder_recipes_compose_and_validate(args):
-    from tunelab.validate import load_config
+    from tunelab.config.validate import load_config
 
     _, run = load_config(args)
     assert run.method.name in ("lora", "qlora", "full")
@@ -255,8 +255,8 @@ def test_decoder_recipes_compose_and_validate(args):
 
 
 def test_bad_decoder_configs_are_rejected_before_anything_loads():
-    from tunelab.config import ConfigError
-    from tunelab.validate import load_config
+    from tunelab.base.errors import ConfigError
+    from tunelab.config.validate import load_config
 
     with pytest.raises(ConfigError, match=r"model\.quantize"):
         load_config(["experiment=qlora_tiny_mistral", "model.quantize=nf3"])

@@ -110,7 +110,7 @@ def test_merged_lora_export_generates_like_base_plus_adapter(lora_run, tiny):
 def test_qlora_module_really_holds_4bit_layers(tiny):
     model = {"name_or_path": str(tiny[0]), "task": "causal_lm", "max_length": 64}
     module = make_module("lora", model | {"quantize": "nf4"})
-    import bitsandbytes as bnb  # after the module: a plain run before blocks it (modules.tasks)
+    import bitsandbytes as bnb  # after the module: a plain run blocks it first
 
     assert quantized_layers(module.model) == 14  # 7 linear layers x 2 decoder layers
     q_proj = module.model.base_model.model.model.layers[0].self_attn.q_proj
@@ -123,8 +123,8 @@ def test_qlora_module_really_holds_4bit_layers(tiny):
 def test_qlora_fits_and_merges_into_the_dequantised_base(qlora_run, tiny):
     from transformers import AutoModelForCausalLM
 
-    from modules.tasks import keep_training_layout, quantization_config
-    from tunelab.schema import ModelConfig
+    from tunelab.base.models import keep_training_layout, quantization_config
+    from tunelab.base.schema import ModelConfig
 
     client, run, run_dir = qlora_run
     _loss_halves(client, run)

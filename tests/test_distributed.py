@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, build_tiny_bert, tiny_overrides, write_intents
 
-from tunelab.config import ConfigError
-from tunelab.validate import load_config
+from tunelab.base.errors import ConfigError
+from tunelab.config.validate import load_config
 
 # Two processes average their half-batch gradients where one process takes the whole batch:
 # the same sums in another order, so float32 rounding differs by ~1e-7 per step.
@@ -111,7 +111,7 @@ def test_rank_zero_makes_the_run_folder_and_the_others_reuse_it(
 ):
     from lightning.pytorch.utilities import rank_zero_only
 
-    from tunelab import distributed
+    from tunelab.run import distributed
 
     for key in RANK_KEYS:
         monkeypatch.delenv(key, raising=False)
@@ -138,8 +138,8 @@ def test_rank_zero_makes_the_run_folder_and_the_others_reuse_it(
 
 
 def test_processes_launched_by_rank_zero_resume_what_it_resumes(monkeypatch: pytest.MonkeyPatch):
-    from tunelab import distributed
-    from tunelab.resume import Previous
+    from tunelab.run import distributed
+    from tunelab.run.resume import Previous
 
     for key in RANK_KEYS:
         monkeypatch.delenv(key, raising=False)
@@ -158,7 +158,7 @@ def test_processes_launched_by_rank_zero_resume_what_it_resumes(monkeypatch: pyt
 def test_rank_zero_exports_a_sharded_model_from_its_whole_checkpoint(monkeypatch):
     from types import SimpleNamespace
 
-    from tunelab import checkpoint, distributed
+    from tunelab.run import checkpoint, distributed
 
     class FSDPStrategy:  # the name is what counts
         pass

@@ -9,7 +9,7 @@ from conftest import tiny_overrides
 from omegaconf import OmegaConf
 
 import run as cli
-from tunelab.config import GROUP_DIRS, available
+from tunelab.config.compose import GROUP_DIRS, available
 
 # qlora needs layers with >= 64 input features on CPU (the tiny BERT has 32); distill needs a
 # teacher export: both are covered by their own tests.

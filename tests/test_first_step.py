@@ -71,7 +71,7 @@ def test_a_run_logs_its_time_to_first_step_once(workdir, tiny_bert, intent_data)
 
 
 def test_a_resumed_run_does_not_log_it_again(workdir, tiny_bert, intent_data, monkeypatch):
-    import tunelab.pipeline as pipeline
+    import tunelab.run.pipeline as pipeline
 
     args = ["experiment=quickstart", *tiny_overrides(tiny_bert, intent_data, *ARGS)]
     build = pipeline.build_trainer

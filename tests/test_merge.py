@@ -28,7 +28,7 @@ def _trained_lora(tiny_bert: Path):
 def test_in_memory_merge_equals_the_export_merged_into_a_reloaded_base(tmp_path, tiny_bert):
     from peft import PeftModel
 
-    from modules.merge import export_merged
+    from tunelab.run.merge import export_merged
 
     module = _trained_lora(tiny_bert)
     adapter = module.export(tmp_path / "export")

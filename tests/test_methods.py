@@ -18,8 +18,9 @@ from mlflow import MlflowClient
 from module_helpers import make_module, quantized_layers
 from torch import nn
 
-from tunelab.config import ConfigError, available
-from tunelab.validate import load_config
+from tunelab.base.errors import ConfigError
+from tunelab.config.compose import available
+from tunelab.config.validate import load_config
 
 # Every method YAML; distillation needs a teacher and is added where the tests provide one.
 METHODS = [m for m in available("method") if m != "distill"]
@@ -79,7 +80,7 @@ def teacher(tmp_path_factory, tiny_bert: Path) -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_bert: Path, intent_data: Path, teacher: Path):
     """`trained(method)` -> (RunResult, Snapshot): one pipeline run per method, cached."""
-    from tunelab.pipeline import run_experiment
+    from tunelab.run.pipeline import run_experiment
 
     folder, cache = tmp_path_factory.mktemp("methods"), {}
 
@@ -99,7 +100,7 @@ def trained(tmp_path_factory, tiny_bert: Path, intent_data: Path, teacher: Path)
 
 
 def build(method: str, tiny_bert: Path, intent_data: Path, teacher: Path):
-    from tunelab.pipeline import build_module
+    from tunelab.run.pipeline import build_module
 
     extra = [f"method.teacher={teacher}"] if method == "distill" else []
     _, run = compose(method, tiny_bert, intent_data, *extra)
@@ -218,7 +219,7 @@ def test_dropout_is_on_in_training_steps_and_off_in_validation(method, trained):
 
 
 def test_config_overrides_replace_settings_of_the_models_own_config(tiny_bert, intent_data):
-    from tunelab.pipeline import build_module
+    from tunelab.run.pipeline import build_module
 
     _, run = compose(
         "freeze", tiny_bert, intent_data, "+model.config_overrides.hidden_dropout_prob=0"
@@ -231,7 +232,7 @@ def test_config_overrides_replace_settings_of_the_models_own_config(tiny_bert, i
 
 
 def test_label_smoothing_smooths_the_training_loss_only(tiny_bert, intent_data):
-    from tunelab.pipeline import build_module
+    from tunelab.run.pipeline import build_module
 
     _, run = compose("full", tiny_bert, intent_data, "optim.label_smoothing=0.2")
     module = build_module(run, LABELS).eval()
@@ -280,7 +281,7 @@ def load_export(method: str, folder: Path, tiny_bert: Path) -> nn.Module:
 
 @pytest.mark.parametrize("method", [*METHODS, "distill"])
 def test_checkpoint_and_export_reload_to_identical_outputs(method, trained, tiny_bert):
-    from tunelab.checkpoint import load_module
+    from tunelab.run.checkpoint import load_module
 
     result, snapshot = trained(method)
     batch = fixed_batch(tiny_bert)
@@ -304,7 +305,7 @@ def build_base(tiny_bert: Path) -> nn.Module:
 
 def test_distill_teacher_from_an_mlflow_run_and_a_lora_checkpoint(trained, tiny_bert, intent_data):
     """`mlflow:<run_id>` downloads the run's `model` artifact; a LoRA `.ckpt` teacher is merged."""
-    from tunelab.pipeline import build_module
+    from tunelab.run.pipeline import build_module
 
     full, _ = trained("full")
     lora, _ = trained("lora")
@@ -338,7 +339,7 @@ def test_distill_teacher_from_an_mlflow_run_and_a_lora_checkpoint(trained, tiny_
 )
 def test_bad_method_settings_raise_config_error(args, message, tiny_bert, intent_data, teacher):
     """Caught before any weight or row is loaded: at validation, or by the meta-device preflight."""
-    from tunelab.preflight import preflight
+    from tunelab.config.preflight import preflight
 
     args = [f"method.teacher={teacher}" if a == "TEACHER" else a for a in args]
     with pytest.raises(ConfigError, match=message):

@@ -21,7 +21,7 @@ from datamodules import prepared
 from datamodules.classification import ClassificationDataModule
 from datamodules.instruction import InstructionDataModule
 from datamodules.text_classification import TextClassification
-from tunelab.errors import DataError
+from tunelab.base.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

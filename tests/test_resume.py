@@ -24,8 +24,8 @@ from test_methods import teacher  # noqa: F401 - the fixture
 
 import run as cli
 from datamodules.resumable import EpochOrder, shuffled
-from tunelab import resume, signals
-from tunelab.config import available
+from tunelab.config.compose import available
+from tunelab.run import resume, signals
 
 RECIPE = "experiment=full_minilm_banking77"
 EXTRA = (
@@ -78,7 +78,7 @@ class StopAt(L.Callback):
 
 
 def stop_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    import tunelab.pipeline as pipeline
+    import tunelab.run.pipeline as pipeline
 
     build = pipeline.build_trainer
 
@@ -158,7 +158,7 @@ def test_resume_false_starts_fresh_and_a_changed_config_is_refused(
 
 
 def test_a_dead_run_that_is_not_resumed_is_marked_killed(workdir, monkeypatch):
-    from tunelab.validate import load_config
+    from tunelab.config.validate import load_config
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no longer runs

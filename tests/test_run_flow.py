@@ -108,7 +108,7 @@ def test_lora_checkpoint_holds_only_adapter_and_head_and_reloads_identically(lor
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from tunelab.checkpoint import load_module
+    from tunelab.run.checkpoint import load_module
 
     _, _, run_dir = lora_run
     [ckpt] = (run_dir / "checkpoints").glob("best-*.ckpt")  # resume.ckpt beside it

@@ -98,7 +98,7 @@ def invoke(url: str, payload: dict) -> list[dict]:
 
 def in_process(export: Path, rows: list[dict], **decoding) -> list[dict]:
     """Predictions of the export folder itself, loaded the way predict.py loads it."""
-    from tunelab.predict import load_predictor
+    from tunelab.serving.predict import load_predictor
 
     return load_predictor(str(export), None).predict(rows, **decoding)
 
@@ -153,7 +153,7 @@ def test_an_adapter_export_rebuilds_its_base_with_the_runs_config_overrides(
 ):
     override = "+model.config_overrides.layer_norm_eps=0.5"  # changes what the base computes
     _, _, export = quickstart(tmp_path, tiny_bert, intent_data, override)
-    from tunelab.predict import load_predictor
+    from tunelab.serving.predict import load_predictor
 
     predictor = load_predictor(str(export), None)  # a LoRA adapter over the rebuilt base
     assert predictor.model.get_base_model().config.layer_norm_eps == 0.5

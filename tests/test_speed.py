@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import build_tiny_bert, tiny_overrides
 
-from modules.base import adamw_kernel
-from tunelab import speed
-from tunelab.pipeline import run_experiment
-from tunelab.validate import load_config
+from tunelab.config.validate import load_config
+from tunelab.run import speed
+from tunelab.run.module import adamw_kernel
+from tunelab.run.pipeline import run_experiment
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,7 @@ def test_explicit_precision_is_kept():
 
 
 def test_bad_switch_values_are_config_errors():
-    from tunelab.config import ConfigError
+    from tunelab.base.errors import ConfigError
 
     with pytest.raises(ConfigError) as error:
         load_config(["optim.implementation=fast", "trainer.precision=bf17", "trainer.compile=2"])

@@ -16,12 +16,12 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 import run as cli
-from modules.base import FineTuneModule
 from sweeps.report import child_runs
 from sweeps.space import load_sweep_config
-from tunelab import config
-from tunelab.config import ConfigError
-from tunelab.validate import load_config
+from tunelab.base.errors import ConfigError
+from tunelab.config import compose as config
+from tunelab.config.validate import load_config
+from tunelab.run.module import FineTuneModule
 
 GOOD, GOOD_TOO, HOPELESS, NAN, STOP = 1e-2, 8e-3, 1e-7, 2e-2, 3e-2
 

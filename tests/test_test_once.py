@@ -10,8 +10,8 @@ from pathlib import Path
 from conftest import tiny_overrides
 from mlflow import MlflowClient
 
-from tunelab.pipeline import run_experiment
-from tunelab.validate import load_config
+from tunelab.config.validate import load_config
+from tunelab.run.pipeline import run_experiment
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "test_once.py"
 

@@ -20,7 +20,7 @@ class Task:
         peft_task_type: peft's `TaskType` name (it decides what peft saves with an adapter).
         monitor: the validation metric that picks the best checkpoint.
         mode: `max` or `min` for `monitor`.
-        metrics: torchmetrics built for validation and test (see `modules.tasks.METRICS`).
+        metrics: torchmetrics built for validation and test (see `tunelab.base.models.METRICS`).
         callbacks: default extra callbacks (dotted class paths); `callbacks:` in the config
             replaces them.
         export_kind: what an export holds: `classifier` (label + probability) or `generator`.

@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from tunelab.mlflow_model import TunelabModel
+from tunelab.serving.mlflow_model import TunelabModel
 
 set_model(TunelabModel())

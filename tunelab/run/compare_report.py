@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from tunelab.tracking import absolute_uri, ensure_experiment, run_tags
+from tunelab.tracking.store import absolute_uri, ensure_experiment, run_tags
 
 COLUMNS = ["method", "lr", "score", "trainable_params", "total_params", "trainable_pct"]
 COLUMNS += ["peak_memory_mb", "train_samples_per_s", "wall_time_s", "run_id", "error"]

@@ -1,7 +1,7 @@
 """SIGINT and SIGTERM stop a run at the next batch boundary, after saving its checkpoint.
 
 `graceful_stop()` installs handlers that only record the signal; the resume callback
-(`callbacks.resume_state.ResumeCheckpoint`) sees it after the batch in progress, saves the full
+(`tunelab.run.resume_state.ResumeCheckpoint`) sees it after the batch in progress, saves the full
 training state and raises `Interrupted`. `run.py` turns that into one line saying how to resume
 and the exit status of the signal (130 for SIGINT, 143 for SIGTERM), and the MLflow run is
 marked KILLED. A second signal stops at once (the last periodic checkpoint is then the one

@@ -10,10 +10,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from tunelab.config import ConfigError
-from tunelab.errors import TunelabError
-from tunelab.schema import RunConfig
-from tunelab.tracking import absolute_uri, sqlite_file
+from tunelab.base.errors import ConfigError, TunelabError
+from tunelab.base.schema import RunConfig
+from tunelab.tracking.store import absolute_uri, sqlite_file
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 SQLITE_MAGIC = b"SQLite format 3\x00"

@@ -6,7 +6,7 @@
 
 Classifiers write `label` and `probability` per row, generators `generation`; the id column
 (`id_column`, default `id`) is kept when the input has it. Both go through
-`tunelab.inference.Predictor`, the code the MLflow Model serves with.
+`tunelab.serving.inference.Predictor`, the code the MLflow Model serves with.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import ConfigError
-from tunelab.errors import DataError, TunelabError
+from tunelab.base.errors import ConfigError, DataError, TunelabError
 
 FORMATS = (".csv", ".jsonl", ".json", ".parquet")
 
@@ -103,7 +102,7 @@ def _export_info(folder: Path) -> dict[str, Any]:
     """`model_info` of an export folder, from the run folder's config.yaml and label map."""
     from omegaconf import OmegaConf
 
-    from tunelab.inference import model_info
+    from tunelab.serving.inference import model_info
 
     config = folder.parent / "config.yaml"
     if not config.is_file():
@@ -119,12 +118,12 @@ def _export_info(folder: Path) -> dict[str, Any]:
 
 def load_predictor(source: str, tracking_uri: str | None) -> Any:
     """The `Predictor` of an export folder, a `runs:/` or a `models:/` URI."""
-    from tunelab.inference import Predictor
+    from tunelab.serving.inference import Predictor
 
     if source.startswith(("runs:/", "models:/")):
         import mlflow
 
-        from tunelab.tracking import absolute_uri
+        from tunelab.tracking.store import absolute_uri
 
         mlflow.set_tracking_uri(absolute_uri(tracking_uri or default_tracking_uri()))
         try:

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.errors import DataError, ModelLoadError
+from tunelab.base.errors import DataError, ModelLoadError
 from tunelab.tasks import TASKS
 
 DECODING = {"max_new_tokens": 64, "do_sample": False, "temperature": 1.0}
@@ -137,7 +137,7 @@ class Predictor:
         """The training-time prompt for one row (instruction, optional input)."""
         from hydra.utils import get_method
 
-        prompting = "datamodules.prompting"
+        prompting = "tunelab.base.prompting"
         chat = get_method(f"{prompting}.uses_chat_template")(self.tokenizer, self.info["template"])
         example = {"instruction": str(row["instruction"]), "input": str(row.get("input") or "")}
         render = get_method(f"{prompting}.prompt_and_response_text")

@@ -13,10 +13,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ValidationError
 
-from tunelab.config import GROUP_DIRS, ConfigError, compose, nearest
-from tunelab.plugins import locate_plugin
-from tunelab.schema import RunConfig
-from tunelab.strategies import check_strategy
+from tunelab.base.errors import ConfigError
+from tunelab.base.schema import RunConfig
+from tunelab.config.compose import GROUP_DIRS, compose, nearest
+from tunelab.config.plugins import locate_plugin
+from tunelab.config.strategies import check_strategy
 from tunelab.tasks import TASKS
 
 LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
@@ -104,7 +105,7 @@ def validate(cfg: DictConfig, problems: list[str] | None = None) -> RunConfig:
     """Validate the whole config; raise one `ConfigError` that lists every problem found.
 
     Args:
-        cfg: the composed config (see `tunelab.config.compose`).
+        cfg: the composed config (see `tunelab.config.compose.compose`).
         problems: problems found earlier (while composing), reported together with these.
 
     Returns:

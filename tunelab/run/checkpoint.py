@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import ConfigError
-from tunelab.schema import ModelConfig, OptimConfig
+from tunelab.base.errors import ConfigError
+from tunelab.base.schema import ModelConfig, OptimConfig
 
 
 def load_module(path: str | Path) -> Any:
@@ -19,7 +19,7 @@ def load_module(path: str | Path) -> Any:
     import torch
     from hydra.utils import get_class
 
-    from tunelab.validate import check_plugin
+    from tunelab.config.validate import check_plugin
 
     saved = torch.load(path, map_location="cpu", weights_only=False)
     hparams = saved["hyper_parameters"]

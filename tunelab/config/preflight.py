@@ -7,8 +7,9 @@ target modules that match nothing, layer counts out of range, a missing teacher.
 
 from __future__ import annotations
 
-from tunelab.config import ConfigError, nearest
-from tunelab.schema import ModelProbe, RunConfig
+from tunelab.base.errors import ConfigError
+from tunelab.base.schema import ModelProbe, RunConfig
+from tunelab.config.compose import nearest
 from tunelab.tasks import TASKS
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tunelab.schema import (
+from tunelab.base.schema import (
     DataConfig,
     ExportConfig,
     LoggerConfig,
@@ -50,7 +50,7 @@ def locate_plugin(group: str, target: Any) -> type[BaseModel] | str:
         return f"{group}._target_: cannot import {target} ({err}); check the file and class name"
     if not (isinstance(found, type) and issubclass(found, PLUGIN_BASES[group])):
         base = PLUGIN_BASES[group].__name__
-        return f"{group}._target_: {target} is not a {base} subclass (tunelab.schema.{base})"
+        return f"{group}._target_: {target} is not a {base} subclass (tunelab.base.schema.{base})"
     return found
 
 

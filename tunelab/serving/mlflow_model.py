@@ -1,7 +1,7 @@
 """Each run's export as an MLflow Model (a pyfunc), optionally registered in the Model Registry.
 
-The pyfunc wraps the export folder (artifact `export`) with `tunelab.inference.Predictor`, so
-`mlflow.pyfunc.load_model`, `mlflow models serve` and `predict.py` predict the same way:
+The pyfunc wraps the export folder (artifact `export`) with `tunelab.serving.inference.Predictor`,
+so `mlflow.pyfunc.load_model`, `mlflow models serve` and `predict.py` predict the same way:
 
 - classifiers take a `text` column and return `label` and `probability`;
 - generators take `instruction` (and optional `input`) and return `generation`; decoding is
@@ -23,8 +23,8 @@ from typing import Any
 
 import mlflow.pyfunc
 
-from tunelab.config import REPO_ROOT
-from tunelab.inference import DECODING
+from tunelab.config.compose import REPO_ROOT
+from tunelab.serving.inference import DECODING
 
 log = logging.getLogger(__name__)
 LOGGING_FLAG = "TUNELAB_LOGGING_MODEL"
@@ -41,7 +41,7 @@ class TunelabModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load the export folder once."""
-        from tunelab.inference import Predictor
+        from tunelab.serving.inference import Predictor
 
         self.info = json.loads(Path(context.artifacts["info"]).read_text())
         self.predictor = None
@@ -159,8 +159,8 @@ def examples(datamodule: Any, kind: str, n: int = 3) -> list[dict[str, str]]:
 
 def log_run_model(logger: Any, datamodule: Any, resolved: dict[str, Any], folder: Path) -> None:
     """Log a run's export as its MLflow Model; register it when `logger.register_as` is set."""
-    from tunelab.inference import model_info
-    from tunelab.tracking import absolute_uri
+    from tunelab.serving.inference import model_info
+    from tunelab.tracking.store import absolute_uri
 
     uri = absolute_uri(resolved["logger"]["tracking_uri"])
     info = model_info(resolved, datamodule.labels)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import ConfigError
-from tunelab.distributed import is_rank_zero
-from tunelab.schema import RunConfig
+from tunelab.base.errors import ConfigError
+from tunelab.base.schema import RunConfig
+from tunelab.run.distributed import is_rank_zero
 
 STATE_FILE = "run.json"
 CHECKPOINT = Path("checkpoints") / "resume.ckpt"
@@ -126,7 +126,7 @@ def previous_of(run_dir: Path, state: dict[str, Any]) -> Previous:
 
 def mark_killed(run_dir: Path, state: dict[str, Any], tracking_uri: str) -> None:
     """A dead run that is not resumed: killed in `run.json` and in MLflow."""
-    from tunelab.tracking import set_run_status
+    from tunelab.tracking.store import set_run_status
 
     write_state(run_dir, "killed")
     if state.get("run_id"):
@@ -214,7 +214,7 @@ def stopped(err: BaseException, logger: Any, run_dir: Path) -> BaseException:
     """
     import signal as signals_module
 
-    from tunelab.signals import Interrupted, requested
+    from tunelab.run.signals import Interrupted, requested
 
     signum = requested().signum
     if isinstance(err, Interrupted | KeyboardInterrupt | SystemExit) or signum is not None:

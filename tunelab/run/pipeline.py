@@ -13,12 +13,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab import resume, run_info, runtime_checks, signals, tracking
-from tunelab.distributed import exportable, rank_zero_previous, shared_run_dir
-from tunelab.preflight import preflight
-from tunelab.schema import RunConfig
-from tunelab.speed import compiled, resolve_precision
+from tunelab.base.schema import RunConfig
+from tunelab.config.preflight import preflight
+from tunelab.run import machine as runtime_checks
+from tunelab.run import resume, signals
+from tunelab.run.distributed import exportable, rank_zero_previous, shared_run_dir
+from tunelab.run.speed import compiled, resolve_precision
 from tunelab.tasks import TASKS
+from tunelab.tracking import run_info
+from tunelab.tracking import store as tracking
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,10 @@ def build_callbacks(run: RunConfig) -> list:
 def build_trainer(run: RunConfig, run_dir: Path, logger: Any, callbacks: list) -> tuple:
     """The Lightning Trainer with checkpointing on the task's validation metric."""
     import lightning as L
-    from hydra.utils import get_class
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+
+    from tunelab.run.finite_loss import FiniteLossGuard
+    from tunelab.run.resume_state import ResumeCheckpoint
 
     task = TASKS[run.model.task]
     checkpoint = ModelCheckpoint(
@@ -93,9 +98,9 @@ def build_trainer(run: RunConfig, run_dir: Path, logger: Any, callbacks: list) -
         filename="best-{epoch}-{step}",
         auto_insert_metric_name=False,
     )
-    guard = get_class("callbacks.finite_loss.FiniteLossGuard")()
+    guard = FiniteLossGuard()
     every = run.trainer.checkpoint_every_n_steps
-    resumer = get_class("callbacks.resume_state.ResumeCheckpoint")(run_dir / "checkpoints", every)
+    resumer = ResumeCheckpoint(run_dir / "checkpoints", every)
     all_callbacks = [checkpoint, guard, *build_callbacks(run), *callbacks, resumer]
     if run.trainer.enable_progress_bar:
         all_callbacks.append(RichProgressBar())
@@ -139,7 +144,7 @@ def save_outputs(
         folder = module.export(run_dir / "export")
         datamodule.tokenizer.save_pretrained(folder)
         if resolved["logger"]["log_model"]:
-            from tunelab.mlflow_model import log_run_model
+            from tunelab.serving.mlflow_model import log_run_model
 
             log_run_model(logger, datamodule, resolved, folder)
         if resolved["export"]["merge"]:
@@ -151,9 +156,9 @@ def _save_merged(module: Any, datamodule: Any, resolved: dict, adapter: Path, lo
 
     Last of the outputs: the adapter is merged into the module's own weights, in place.
     """
-    from hydra.utils import get_method
+    from tunelab.run.merge import export_merged
 
-    merged = get_method("modules.merge.export_merged")(module, adapter, adapter.parent / "merged")
+    merged = export_merged(module, adapter, adapter.parent / "merged")
     if merged is None:
         return
     datamodule.tokenizer.save_pretrained(merged)
@@ -191,7 +196,7 @@ def run_experiment(
         callbacks: extra Lightning callbacks (e.g. a sweep's pruning callback).
         parent_run_id: log as a nested MLflow child run of this run (sweep trials).
         run_dir: output folder (made unique); default `<output_root>/<name>/<timestamp>`.
-        previous: an interrupted attempt to continue (default: `tunelab.resume.select`'s pick).
+        previous: an interrupted attempt to continue (default: `tunelab.run.resume.select`'s pick).
     """
     started, resolved = time.time(), OmegaConf.to_container(cfg, resolve=True)
     runtime_checks.before_run(run)

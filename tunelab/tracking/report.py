@@ -7,7 +7,7 @@ import os
 
 from omegaconf import DictConfig
 
-from tunelab.schema import RunConfig
+from tunelab.base.schema import RunConfig
 
 
 def quiet_libraries() -> None:
@@ -47,8 +47,8 @@ def print_summary(run: RunConfig, result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tunelab.run_info import run_link
-    from tunelab.tracking import absolute_uri, ui_command
+    from tunelab.tracking.run_info import run_link
+    from tunelab.tracking.store import absolute_uri, ui_command
 
     table = Table(title=f"tunelab · {run.name}", show_header=False)
     for key, value in sorted(result.metrics.items()):
@@ -76,8 +76,8 @@ def print_summary(run: RunConfig, result) -> None:
 def run_and_report(cfg: DictConfig, run: RunConfig) -> None:
     """Run the experiment and print the summary."""
     quiet_libraries()
-    from tunelab.distributed import is_rank_zero
-    from tunelab.pipeline import run_experiment
+    from tunelab.run.distributed import is_rank_zero
+    from tunelab.run.pipeline import run_experiment
 
     result = run_experiment(cfg, run)
     if is_rank_zero():  # one summary, whatever the number of processes

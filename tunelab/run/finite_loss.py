@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from typing_extensions import override
 
-from tunelab.errors import NonFiniteLossError
+from tunelab.base.errors import NonFiniteLossError
 
 
 class FiniteLossGuard(L.Callback):

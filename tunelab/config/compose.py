@@ -15,9 +15,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tunelab.errors import TunelabError
+from tunelab.base.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
 GROUP_DIRS = {
     "experiment": REPO_ROOT / "experiments",
@@ -30,15 +30,6 @@ GROUP_DIRS = {
     "logger": CONFIG_DIR / "logger",
     "export": CONFIG_DIR / "export",
 }
-
-
-class ConfigError(TunelabError):
-    """Every problem found in a config, one per line, each naming the key and the fix."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid config ({len(problems)} problem(s)):\n{lines}")
 
 
 def available(group: str) -> list[str]:
@@ -148,7 +139,7 @@ def fill_defaults(cfg: DictConfig) -> None:
     Defaults live in the config classes only; filling them in makes every field visible in
     `--cfg` and MLflow, overridable with `key=value`, and searchable by sweeps.
     """
-    from tunelab.plugins import group_defaults
+    from tunelab.config.plugins import group_defaults
 
     for group in ("method", "data", "model", "optim", "trainer", "logger", "export"):
         node = cfg.get(group)

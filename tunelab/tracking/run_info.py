@@ -112,7 +112,7 @@ def recipe_params(experiment: str) -> dict[str, Any] | None:
     """The flattened config of experiment `experiment` as written (None when there is none)."""
     from omegaconf import OmegaConf
 
-    from tunelab.config import available, compose
+    from tunelab.config.compose import available, compose
 
     if experiment not in available("experiment"):
         return None

@@ -8,10 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import REPO_ROOT
-from tunelab.distributed import is_rank_zero
-from tunelab.run_info import flatten as flatten  # re-exported: sweeps, resume use it
-from tunelab.run_info import model_name, run_name
+from tunelab.config.compose import REPO_ROOT
+from tunelab.run.distributed import is_rank_zero
+from tunelab.tracking.run_info import flatten as flatten  # re-exported: sweeps, resume use it
+from tunelab.tracking.run_info import model_name, run_name
 
 
 def git_commit() -> str:
@@ -106,7 +106,7 @@ def make_logger(
     """
     from mlflow import MlflowClient
 
-    from tunelab.mlflow_logger import TunelabMLFlowLogger
+    from tunelab.tracking.logger import TunelabMLFlowLogger
 
     cfg = resolved["logger"]
     name = run_name(resolved)

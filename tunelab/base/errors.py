@@ -17,3 +17,12 @@ class ModelLoadError(TunelabError):
 
 class NonFiniteLossError(TunelabError):
     """The training loss became NaN or infinite."""
+
+
+class ConfigError(TunelabError):
+    """Every problem found in a config, one per line, each naming the key and the fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid config ({len(problems)} problem(s)):\n{lines}")

@@ -21,7 +21,7 @@ Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Quantize = Literal["nf4", "fp4", "int8"]
 DType = Literal["float32", "bfloat16", "float16"]
-# Lightning's registered strategy names (multi-process ones are checked in tunelab.strategies)
+# Lightning's registered strategy names (multi-process ones: tunelab.config.strategies)
 Strategy = Literal[
     "auto",
     "ddp",
@@ -57,7 +57,7 @@ class ModelProbe(BaseModel):
     """What a method's early checks may ask about the base model, read without its weights.
 
     Built from the model's `config.json` and a skeleton on the meta device (see
-    `tunelab.preflight`), so checks run in a second even for a 7B model.
+    `tunelab.config.preflight`), so checks run in a second even for a 7B model.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -78,7 +78,7 @@ class MethodConfig(Plugin):
     libraries inside, so a method's file imports in milliseconds.
     """
 
-    lightning_module: ClassVar[str] = "modules.base.FineTuneModule"
+    lightning_module: ClassVar[str] = "tunelab.run.module.FineTuneModule"
     quantizable: ClassVar[bool] = False  # can train adapters on a bitsandbytes-quantised base
 
     def check(self, probe: ModelProbe, task: str, problems: list[str]) -> None:
@@ -172,7 +172,7 @@ class TrainerConfig(Strict):
     # not a Trainer argument: steps between saves of `checkpoints/resume.ckpt` (null: after each
     # validation only); the pipeline pops it before building the Trainer
     checkpoint_every_n_steps: PositiveInt | None = 100
-    # not a Trainer argument either: torch.compile the model's forward (tunelab.speed.compiled)
+    # not a Trainer argument either: torch.compile the model's forward (tunelab.run.speed.compiled)
     compile: bool = False
 
 
@@ -216,5 +216,5 @@ class RunConfig(Strict):
     callbacks: list[CallbackConfig] | None = None
     sweep: dict[str, Any] | None = None
     # true: continue the newest interrupted run with this config; false: a new run; or a run
-    # folder / MLflow run id to continue (see tunelab.resume)
+    # folder / MLflow run id to continue (see tunelab.run.resume)
     resume: bool | str = True

@@ -16,8 +16,8 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 from torchmetrics.text import Perplexity
 
-from tunelab.errors import ModelLoadError
-from tunelab.schema import ModelConfig
+from tunelab.base.errors import ModelLoadError
+from tunelab.base.schema import ModelConfig
 from tunelab.tasks import TASKS
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -61,7 +61,7 @@ def shared_run_dir(planned: Path | None, make: Callable[[Path | None], Path]) ->
 
     Args:
         planned: the caller's folder (e.g. a sweep trial's), or None for a new timestamped one.
-        make: makes the folder unique and creates it (`tunelab.pipeline.make_run_dir`).
+        make: makes the folder unique and creates it (`tunelab.run.pipeline.make_run_dir`).
 
     Returns:
         On rank 0, the created folder (also put in `TUNELAB_RUN_DIR` for the processes it
@@ -78,15 +78,15 @@ def shared_run_dir(planned: Path | None, make: Callable[[Path | None], Path]) ->
 
 
 def rank_zero_previous(select: Callable[[], Any], build: Callable[..., Any]) -> Any:
-    """The interrupted run to continue (`tunelab.resume.select`), as rank 0 decided it.
+    """The interrupted run to continue (`tunelab.run.resume.select`), as rank 0 decided it.
 
     Rank 0 decides and records the decision in `TUNELAB_RESUME` for the processes it launches
     (which start after it marked the run running, and so would not choose it themselves);
     processes started together by torchrun or srun decide alike from the same folders.
 
     Args:
-        select: the decision (`tunelab.resume.select` for this run).
-        build: makes the decision's object from its fields (`tunelab.resume.Previous`).
+        select: the decision (`tunelab.run.resume.select` for this run).
+        build: makes the decision's object from its fields (`tunelab.run.resume.Previous`).
     """
     if is_rank_zero():
         previous = select()
@@ -111,7 +111,7 @@ def exportable(trainer: Any, module: Any, best: str | None) -> Any:
     sharded = any(s in type(trainer.strategy).__name__ for s in ("FSDP", "DeepSpeed"))
     if not sharded or not best:
         return module
-    from tunelab.checkpoint import load_module
+    from tunelab.run.checkpoint import load_module
 
     path = Path(best)
     if path.is_dir():  # DeepSpeed: one folder of shards per checkpoint

@@ -1,6 +1,6 @@
 """The one LightningModule every fine-tuning method runs in.
 
-A method is its config class (`tunelab.schema.MethodConfig`): its hooks load the base model
+A method is its config class (`tunelab.base.schema.MethodConfig`): its hooks load the base model
 when the method needs its own (`load_base`), turn it into what trains (`adapt`), give the
 objective (`loss`) and save the result (`export`). Optimiser, schedule, metrics, logging and
 checkpoint contents are shared here, so a method file holds only what makes it different.
@@ -15,8 +15,8 @@ import lightning as L
 import torch
 from typing_extensions import override
 
-from modules import tasks
-from tunelab.schema import MethodConfig, ModelConfig, OptimConfig
+from tunelab.base import models as tasks
+from tunelab.base.schema import MethodConfig, ModelConfig, OptimConfig
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

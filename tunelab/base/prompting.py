@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from tunelab.errors import DataError
+from tunelab.base.errors import DataError
 
 IGNORE = -100
 PLAIN_PROMPT = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"

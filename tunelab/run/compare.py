@@ -20,9 +20,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from tunelab import compare_report
-from tunelab.compare_report import TEXT_COLUMNS
-from tunelab.config import CONFIG_DIR, GROUP_DIRS, ConfigError
+from tunelab.base.errors import ConfigError
+from tunelab.config.compose import CONFIG_DIR, GROUP_DIRS
+from tunelab.run import compare_report
+from tunelab.run.compare_report import TEXT_COLUMNS
 from tunelab.tasks import TASKS
 
 
@@ -95,7 +96,7 @@ def method_args(plan: Plan, method: str) -> list[str]:
 
 def load_all(plan: Plan) -> dict[str, tuple[Any, Any]]:
     """Compose and validate every method's config first, so a typo fails before any training."""
-    from tunelab.validate import load_config
+    from tunelab.config.validate import load_config
 
     configs, problems = {}, []
     for method in plan.methods:
@@ -129,9 +130,9 @@ def run_method(plan: Plan, method: str, config: tuple, parent_id: str) -> dict[s
     """Train and test one method as a child run; its table row (with `error` when it failed)."""
     from hydra.utils import get_class
 
-    from tunelab.errors import TunelabError
-    from tunelab.pipeline import run_experiment
-    from tunelab.validate import load_config
+    from tunelab.base.errors import TunelabError
+    from tunelab.config.validate import load_config
+    from tunelab.run.pipeline import run_experiment
 
     cfg, run = config
     row: dict[str, Any] = {"method": method, "lr": run.optim.lr, "error": ""}

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from typing_extensions import override
 
-from tunelab.signals import Interrupted, requested
+from tunelab.run.signals import Interrupted, requested
 
 RESUME_FILE = "resume.ckpt"
 
@@ -30,7 +30,7 @@ class ResumeCheckpoint(Checkpoint):
     A `Checkpoint`, so Lightning runs it after the best-model `ModelCheckpoint` (given before
     it) and the state it saves after validation already knows the new best model.
 
-    When SIGINT or SIGTERM was received (`tunelab.signals.graceful_stop`) it saves after the
+    When SIGINT or SIGTERM was received (`tunelab.run.signals.graceful_stop`) it saves after the
     batch in progress and raises `Interrupted`.
 
     Args:

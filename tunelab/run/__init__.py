@@ -1,0 +1,1 @@
+"""One run: the Run object, its LightningModule, resume, signals, scale-out, compare."""

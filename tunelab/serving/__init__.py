@@ -1,0 +1,1 @@
+"""Exported models: loading, prediction, the MLflow pyfunc and predict.py."""
