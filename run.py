@@ -80,7 +80,7 @@ def execute(args: list[str], print_only: bool) -> None:
     else:
         from tunelab.tracking.report import run_and_report
 
-        run_and_report(cfg, run)
+        run_and_report(run)
 
 
 def main(argv: list[str]) -> int:

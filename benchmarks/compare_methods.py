@@ -94,9 +94,9 @@ def run_child(method: str, args: argparse.Namespace) -> dict:
     from tunelab.tracking.store import absolute_uri
 
     quiet_libraries()
-    cfg, run = load_config(overrides(method, args, args.teacher))
+    _cfg, run = load_config(overrides(method, args, args.teacher))
     meter = Throughput()  # the one `compare.py` uses
-    result = run_experiment(cfg, run, callbacks=[meter])
+    result = run_experiment(run, callbacks=[meter])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     speed = meter.samples / max(meter.seconds, 1e-9)
     client = MlflowClient(absolute_uri(run.logger.tracking_uri))

@@ -101,7 +101,7 @@ def run_tunelab(cfg: Any, run: Any) -> Timed:
             times.tick()
             counted.record(batch)
 
-    run_experiment(cfg, run, callbacks=[Probe()])
+    run_experiment(run, callbacks=[Probe()])
     return times, counted, seen["model"]
 
 

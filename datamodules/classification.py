@@ -11,10 +11,10 @@ from typing_extensions import override
 
 from datamodules import common, prepared
 from datamodules.batching import grouped, length_grouped_sampler
-from datamodules.families import ClassificationData
 from datamodules.labels import encode_labels, label_names
 from datamodules.resumable import shuffled, training_loader
 from tunelab.base.errors import DataError
+from tunelab.base.plugin import DataConfig
 
 SPLITS = ("train", "validation", "test")
 
@@ -39,7 +39,7 @@ class ClassificationDataModule(L.LightningDataModule):
             once per machine and cached, see `datamodules.prepared`).
     """
 
-    def __init__(self, *, data: ClassificationData, tokenizer: str, max_length: int, seed: int):
+    def __init__(self, *, data: DataConfig, tokenizer: str, max_length: int, seed: int):
         super().__init__()
         self.save_hyperparameters(
             {"data": data.dump(), "tokenizer": tokenizer, "max_length": max_length, "seed": seed},

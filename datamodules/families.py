@@ -11,7 +11,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field
 
-from tunelab.base.schema import DataConfig, PositiveInt
+from tunelab.base.plugin import DataConfig
+from tunelab.base.schema import PositiveInt
 
 Record = dict[str, Any]
 SplitSize = Annotated[float, Field(gt=0)]  # a fraction (< 1) or a row count carved off a split
@@ -33,7 +34,7 @@ class ClassificationData(DataConfig):
     `train`, `validation` and `test` have the columns `text` and `label`.
     """
 
-    task: ClassVar[str] = "sequence_classification"
+    family: ClassVar[str] = "classification"
     datamodule: ClassVar[str] = "datamodules.classification.ClassificationDataModule"
 
     max_train_samples: PositiveInt | None = None
@@ -63,7 +64,7 @@ class InstructionData(DataConfig):
     is the record's gold option when the data has a closed answer set (`answer_options`).
     """
 
-    task: ClassVar[str] = "causal_lm"
+    family: ClassVar[str] = "instruction"
     datamodule: ClassVar[str] = "datamodules.instruction.InstructionDataModule"
 
     template: Literal["auto", "chat", "plain"] = "auto"

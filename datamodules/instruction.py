@@ -12,10 +12,12 @@ from typing_extensions import override
 
 from datamodules import common, prepared
 from datamodules.batching import grouped
-from datamodules.families import InstructionData, Record
 from datamodules.resumable import shuffled, training_loader
 from tunelab.base import prompting
 from tunelab.base.errors import DataError
+from tunelab.base.plugin import DataConfig
+
+Record = dict[str, Any]  # one example: instruction, input, response, row (`InstructionData`)
 
 SPLITS = ("train", "validation", "test")
 
@@ -47,7 +49,7 @@ class InstructionDataModule(L.LightningDataModule):
             once per machine and cached, see `datamodules.prepared`).
     """
 
-    def __init__(self, *, data: InstructionData, tokenizer: str, max_length: int, seed: int):
+    def __init__(self, *, data: DataConfig, tokenizer: str, max_length: int, seed: int):
         super().__init__()
         self.save_hyperparameters(
             {"data": data.dump(), "tokenizer": tokenizer, "max_length": max_length, "seed": seed},

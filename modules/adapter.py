@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from modules.targets import check_targets
-from tunelab.base.schema import MethodConfig, ModelConfig, ModelProbe, PositiveInt
+from tunelab.base.plugin import MethodConfig, ModelProbe, TaskConfig
+from tunelab.base.schema import ModelConfig, PositiveInt
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 
@@ -39,7 +40,7 @@ def _run_adapter(module: Any, inputs: Any, output: Any) -> Any:
     return output + module.adapter(output)
 
 
-def add_adapters(model: Any, method: AdapterMethod, task: str) -> Any:
+def add_adapters(model: Any, method: AdapterMethod, task: TaskConfig) -> Any:
     """Attach a bottleneck to every linear layer whose name ends with a `target_modules` entry.
 
     Freezes the model, then unfreezes the adapters, the classification head and (with
@@ -48,7 +49,6 @@ def add_adapters(model: Any, method: AdapterMethod, task: str) -> Any:
     from torch import nn
 
     from modules.blocks import is_head
-    from tunelab.tasks import TASKS
 
     model.requires_grad_(False)
     targets = tuple(f".{t}" for t in method.target_modules)
@@ -61,19 +61,21 @@ def add_adapters(model: Any, method: AdapterMethod, task: str) -> Any:
         size = method.bottleneck_size or linear.out_features // method.reduction_factor
         linear.adapter = bottleneck(linear.out_features, size, method.activation)
         linear.register_forward_hook(_run_adapter)
-    has_head = TASKS[task].has_labels
     for name, param in model.named_parameters():
         layer_norm = method.train_layer_norms and ("LayerNorm" in name or "layer_norm" in name)
-        head = has_head and is_head(name, model)
+        head = task.trains_head and is_head(name, model)
         param.requires_grad = ".adapter." in name or layer_norm or head
     return model
 
 
-def load_adapter_export(folder: str | Path, name_or_path: str | None = None) -> Any:
+def load_adapter_export(
+    folder: str | Path, task: TaskConfig, name_or_path: str | None = None
+) -> Any:
     """Rebuild a model exported by `AdapterMethod.export` (base model + trained tensors).
 
     Args:
         folder: the export folder (`adapter_config.json`, `adapter_model.safetensors`).
+        task: the task the model was trained for (it says how the base loads).
         name_or_path: the base model, if it moved since training (default: the one recorded).
     """
     from safetensors.torch import load_file
@@ -85,8 +87,8 @@ def load_adapter_export(folder: str | Path, name_or_path: str | None = None) -> 
     model_cfg = ModelConfig.model_validate(
         saved["model"] | ({"name_or_path": name_or_path} if name_or_path else {})
     )
-    model = load_pretrained(model_cfg, saved["labels"])
-    model = add_adapters(model, AdapterMethod.model_validate(saved["method"]), model_cfg.task)
+    model = load_pretrained(model_cfg, task, saved["labels"])
+    model = add_adapters(model, AdapterMethod.model_validate(saved["method"]), task)
     state = load_file(folder / WEIGHTS_FILE)
     missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(state)
     if missing:
@@ -114,11 +116,11 @@ class AdapterMethod(MethodConfig):
     activation: Literal["relu", "gelu", "tanh", "silu"] = "gelu"
     train_layer_norms: bool = True
 
-    def check(self, probe: ModelProbe, task: str, problems: list[str]) -> None:
+    def check(self, probe: ModelProbe, task: TaskConfig, problems: list[str]) -> None:
         """Every target must name a linear layer of the model."""
         check_targets(self.target_modules, probe, "method.target_modules", problems)
 
-    def adapt(self, model: Any, task: str) -> Any:
+    def adapt(self, model: Any, task: TaskConfig) -> Any:
         """Attach the bottlenecks and freeze everything else."""
         return add_adapters(model, self, task)
 
@@ -135,3 +137,10 @@ class AdapterMethod(MethodConfig):
         (folder / CONFIG_FILE).write_text(json.dumps(saved, indent=2))
         model.config.save_pretrained(folder)
         return True
+
+    def load_export(self, folder: Path, task: TaskConfig, info: dict[str, Any]) -> Any:
+        """Rebuild the model `export` wrote (None for a merged export, a whole model)."""
+        saved = folder / CONFIG_FILE
+        if not saved.is_file() or "method" not in json.loads(saved.read_text()):
+            return None
+        return load_adapter_export(folder, task)

@@ -19,7 +19,8 @@ from typing import Annotated, Any
 from pydantic import Field, PrivateAttr, field_validator
 
 from tunelab.base.errors import ConfigError, ModelLoadError
-from tunelab.base.schema import MethodConfig, ModelConfig, ModelProbe, PositiveInt, Probability
+from tunelab.base.plugin import MethodConfig, ModelProbe, TaskConfig
+from tunelab.base.schema import ModelConfig, PositiveInt, Probability
 
 
 def resolve_teacher(teacher: str, tracking_uri: str | None) -> Path:
@@ -52,7 +53,9 @@ def resolve_teacher(teacher: str, tracking_uri: str | None) -> Path:
     return Path(matches[-1])  # a glob such as outputs/full_x/*/export: the newest run
 
 
-def load_teacher(path: Path, model_cfg: ModelConfig, labels: list[str] | None) -> Any:
+def load_teacher(
+    path: Path, model_cfg: ModelConfig, task: TaskConfig, labels: list[str] | None
+) -> Any:
     """A plain HF model from an export folder (full/freeze) or a tunelab Lightning checkpoint.
 
     Raises:
@@ -71,7 +74,8 @@ def load_teacher(path: Path, model_cfg: ModelConfig, labels: list[str] | None) -
     elif (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         from tunelab.base.models import load_pretrained
 
-        model = load_pretrained(model_cfg.model_copy(update={"name_or_path": str(path)}), labels)
+        teacher_cfg = model_cfg.model_copy(update={"name_or_path": str(path)})
+        model = load_pretrained(teacher_cfg, task, labels)
     else:
         raise ModelLoadError(
             f"method.teacher: {path} is not a full model export; give the export folder of a "
@@ -129,7 +133,7 @@ class DistillMethod(MethodConfig):
             )
         return teacher
 
-    def check(self, probe: ModelProbe, task: str, problems: list[str]) -> None:
+    def check(self, probe: ModelProbe, task: TaskConfig, problems: list[str]) -> None:
         """A local teacher must exist and be deeper than the student."""
         if self.teacher.startswith("mlflow:"):
             return
@@ -148,11 +152,11 @@ class DistillMethod(MethodConfig):
                 f"use fewer than {depth}"
             )
 
-    def load_base(self, model: ModelConfig, labels: list[str] | None) -> Any:
+    def load_base(self, model: ModelConfig, task: TaskConfig, labels: list[str] | None) -> Any:
         """The teacher: the model the student is cut from."""
-        return load_teacher(resolve_teacher(self.teacher, self.tracking_uri), model, labels)
+        return load_teacher(resolve_teacher(self.teacher, self.tracking_uri), model, task, labels)
 
-    def adapt(self, model: Any, task: str) -> Any:
+    def adapt(self, model: Any, task: TaskConfig) -> Any:
         """Keep the teacher aside (frozen, outside the module tree); return the student."""
         import copy
 
@@ -169,17 +173,15 @@ class DistillMethod(MethodConfig):
         replace_layers(student, [i * depth // keep for i in range(keep)])
         return student
 
-    def loss(self, outputs: Any, batch: dict[str, Any], task: str) -> Any:
+    def loss(self, outputs: Any, batch: dict[str, Any], task: TaskConfig) -> Any:
         """Soft targets from the teacher plus `(1 - alpha)` cross-entropy."""
         import torch
-
-        from tunelab.tasks import TASKS
 
         teacher = self._teacher.to(outputs.logits.device)
         with torch.no_grad():
             teacher_logits = teacher(**batch).logits
-        causal = not TASKS[task].has_labels
+        causal = task.next_token
         soft = distillation_loss(
             outputs.logits, teacher_logits, batch["labels"], causal, self.temperature, self.alpha
         )
-        return soft + (1 - self.alpha) * outputs.loss
+        return soft + (1 - self.alpha) * task.loss(outputs, batch)

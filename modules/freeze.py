@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.base.schema import MethodConfig, ModelProbe, PositiveInt
+from tunelab.base.plugin import MethodConfig, ModelProbe, TaskConfig
+from tunelab.base.schema import PositiveInt
 
 
 def freeze_bottom(model: Any, trainable_layers: int) -> Any:
@@ -32,7 +33,7 @@ class FreezeMethod(MethodConfig):
 
     trainable_layers: PositiveInt = 2
 
-    def check(self, probe: ModelProbe, task: str, problems: list[str]) -> None:
+    def check(self, probe: ModelProbe, task: TaskConfig, problems: list[str]) -> None:
         """The model must have at least `trainable_layers` blocks."""
         if self.trainable_layers > probe.num_layers:
             problems.append(
@@ -40,6 +41,6 @@ class FreezeMethod(MethodConfig):
                 f"only {probe.num_layers} layers; use at most {probe.num_layers} (or method=full)"
             )
 
-    def adapt(self, model: Any, task: str) -> Any:
+    def adapt(self, model: Any, task: TaskConfig) -> Any:
         """Freeze all but the top blocks."""
         return freeze_bottom(model, self.trainable_layers)

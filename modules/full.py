@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunelab.base.schema import MethodConfig
+from tunelab.base.plugin import MethodConfig
 
 
 class FullMethod(MethodConfig):

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from pydantic import model_validator
 
 from modules.targets import check_targets
-from tunelab.base.schema import MethodConfig, ModelProbe
+from tunelab.base.plugin import MethodConfig, ModelProbe, TaskConfig
 
 
 class IA3Method(MethodConfig):
@@ -35,18 +35,16 @@ class IA3Method(MethodConfig):
             raise ValueError(f"feedforward_modules {sorted(extra)} are not in target_modules")
         return self
 
-    def check(self, probe: ModelProbe, task: str, problems: list[str]) -> None:
+    def check(self, probe: ModelProbe, task: TaskConfig, problems: list[str]) -> None:
         """Every target must name a linear layer of the model."""
         check_targets(self.target_modules, probe, "method.target_modules", problems)
 
-    def adapt(self, model: Any, task: str) -> Any:
+    def adapt(self, model: Any, task: TaskConfig) -> Any:
         """Wrap `model` with peft (IA)^3 vectors."""
         from peft import IA3Config, get_peft_model
 
-        from tunelab.base.models import peft_task_type
-
         config = IA3Config(
-            task_type=peft_task_type(task),
+            task_type=task.peft_task_type,
             target_modules=self.target_modules,
             feedforward_modules=self.feedforward_modules,
         )

@@ -14,7 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from modules.targets import check_targets
-from tunelab.base.schema import MethodConfig, ModelProbe, PositiveInt, Probability
+from tunelab.base.plugin import MethodConfig, ModelProbe, TaskConfig
+from tunelab.base.schema import PositiveInt, Probability
 
 
 class LoraMethod(MethodConfig):
@@ -36,18 +37,16 @@ class LoraMethod(MethodConfig):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     use_dora: bool = False
 
-    def check(self, probe: ModelProbe, task: str, problems: list[str]) -> None:
+    def check(self, probe: ModelProbe, task: TaskConfig, problems: list[str]) -> None:
         """Every target must name a linear layer of the model."""
         check_targets(self.target_modules, probe, "method.target_modules", problems)
 
-    def adapt(self, model: Any, task: str) -> Any:
+    def adapt(self, model: Any, task: TaskConfig) -> Any:
         """Wrap `model` with peft LoRA (or DoRA) adapters."""
         from peft import LoraConfig, get_peft_model
 
-        from tunelab.base.models import peft_task_type
-
         config = LoraConfig(
-            task_type=peft_task_type(task),
+            task_type=task.peft_task_type,
             r=self.r,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,

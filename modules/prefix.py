@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tunelab.base.schema import MethodConfig, PositiveInt
+from tunelab.base.plugin import MethodConfig, TaskConfig
+from tunelab.base.schema import PositiveInt
 
 
 class PrefixMethod(MethodConfig):
@@ -27,14 +28,12 @@ class PrefixMethod(MethodConfig):
     projection: bool = False
     encoder_hidden_size: PositiveInt = 384
 
-    def adapt(self, model: Any, task: str) -> Any:
+    def adapt(self, model: Any, task: TaskConfig) -> Any:
         """Wrap `model` with peft prefix tuning."""
         from peft import PrefixTuningConfig, get_peft_model
 
-        from tunelab.base.models import peft_task_type
-
         config = PrefixTuningConfig(
-            task_type=peft_task_type(task),
+            task_type=task.peft_task_type,
             num_virtual_tokens=self.num_virtual_tokens,
             prefix_projection=self.projection,
             encoder_hidden_size=self.encoder_hidden_size,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tunelab.base.schema import MethodConfig, PositiveInt
+from tunelab.base.plugin import MethodConfig, TaskConfig
+from tunelab.base.schema import PositiveInt
 
 
 class PromptMethod(MethodConfig):
@@ -25,15 +26,13 @@ class PromptMethod(MethodConfig):
     num_virtual_tokens: PositiveInt = 20
     init_text: str | None = None
 
-    def adapt(self, model: Any, task: str) -> Any:
+    def adapt(self, model: Any, task: TaskConfig) -> Any:
         """Wrap `model` with a peft soft prompt."""
         from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-        from tunelab.base.models import peft_task_type
-
         text = self.init_text
         config = PromptTuningConfig(
-            task_type=peft_task_type(task),
+            task_type=task.peft_task_type,
             num_virtual_tokens=self.num_virtual_tokens,
             prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
             prompt_tuning_init_text=text,

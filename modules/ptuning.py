@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from tunelab.base.schema import MethodConfig, PositiveInt
+from tunelab.base.plugin import MethodConfig, TaskConfig
+from tunelab.base.schema import PositiveInt
 
 
 class PTuningMethod(MethodConfig):
@@ -24,14 +25,12 @@ class PTuningMethod(MethodConfig):
     num_virtual_tokens: PositiveInt = 20
     encoder_hidden_size: PositiveInt = 128
 
-    def adapt(self, model: Any, task: str) -> Any:
+    def adapt(self, model: Any, task: TaskConfig) -> Any:
         """Wrap `model` with a peft prompt encoder."""
         from peft import PromptEncoderConfig, get_peft_model
 
-        from tunelab.base.models import peft_task_type
-
         config = PromptEncoderConfig(
-            task_type=peft_task_type(task),
+            task_type=task.peft_task_type,
             num_virtual_tokens=self.num_virtual_tokens,
             encoder_hidden_size=self.encoder_hidden_size,
             encoder_reparameterization_type="MLP",

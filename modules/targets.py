@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunelab.base.schema import ModelProbe
+from tunelab.base.plugin import ModelProbe
 
 
 def matches(name: str, target: str) -> bool:

@@ -206,7 +206,6 @@ class Objective:
         if earlier is not None:
             budget.carry_reports(earlier, trial, pruning, recorder)
         result = run_experiment(
-            trial_cfg,
             run,
             callbacks=[recorder, pruning],
             parent_run_id=self.parent_id,

@@ -6,6 +6,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from tunelab.base.plugin import Labels
 from tunelab.base.schema import ModelConfig, OptimConfig
 from tunelab.config.compose import GROUP_DIRS
 from tunelab.config.validate import check_plugin
@@ -13,25 +14,41 @@ from tunelab.config.validate import check_plugin
 OPTIM = {"lr": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "scheduler": "constant"}
 
 
-def method_config(name: str, **fields: Any) -> Any:
-    """The validated config of `configs/method/<name>.yaml` with `fields` set on top."""
-    raw = OmegaConf.to_container(OmegaConf.load(GROUP_DIRS["method"] / f"{name}.yaml"))
+def plugin_config(group: str, name: str, **fields: Any) -> Any:
+    """The validated config of `configs/<group>/<name>.yaml` with `fields` set on top."""
+    raw = OmegaConf.to_container(OmegaConf.load(GROUP_DIRS[group] / f"{name}.yaml"))
     raw.pop("tracking_uri", None)  # an interpolation into the whole run config
     problems: list[str] = []
-    method = check_plugin("method", raw | fields, problems)
-    assert method is not None, problems
-    return method
+    found = check_plugin(group, raw | fields, problems)
+    assert found is not None, problems
+    return found
+
+
+def method_config(name: str, **fields: Any) -> Any:
+    """The validated config of `configs/method/<name>.yaml` with `fields` set on top."""
+    return plugin_config("method", name, **fields)
+
+
+def task_config(name: str = "sequence_classification", **fields: Any) -> Any:
+    """The validated config of `configs/task/<name>.yaml` with `fields` set on top."""
+    return plugin_config("task", name, **fields)
 
 
 def make_module(
     name: str, model: dict[str, Any], labels: list[str] | None = None, **fields: Any
 ) -> Any:
-    """The LightningModule for method `name` on `model` (a `model` group as a dict)."""
-    from hydra.utils import get_class
+    """The LightningModule for method `name` on `model` (a `model` group as a dict).
 
+    `model` may name its task (`task: causal_lm`); the default is sequence classification.
+    """
+    from tunelab.run.module import FineTuneModule
+
+    model = dict(model)
+    task = task_config(model.pop("task", "sequence_classification"))
     method = method_config(name, **fields)
-    cls = get_class(method.lightning_module)
-    return cls(method, ModelConfig.model_validate(model), OptimConfig.model_validate(OPTIM), labels)
+    classes = Labels(names=labels) if labels else None
+    optim = OptimConfig.model_validate(OPTIM)
+    return FineTuneModule(task, method, ModelConfig.model_validate(model), optim, classes)
 
 
 def quantized_layers(model: Any) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_overrides, write_intents
 from mlflow import MlflowClient
+from module_helpers import task_config
 
 import run as cli
 from datamodules.classification import ClassificationDataModule
@@ -99,9 +100,7 @@ def test_wrong_model_path_is_a_named_error(tmp_path):
     empty = tmp_path / "not_a_model"
     empty.mkdir()
     with pytest.raises(ModelLoadError, match=r"Fix: point model\.name_or_path at a local folder"):
-        tasks.load_pretrained(
-            ModelConfig(name_or_path=str(empty), task="sequence_classification"), ["a", "b"]
-        )
+        tasks.load_pretrained(ModelConfig(name_or_path=str(empty)), task_config(), ["a", "b"])
 
 
 def test_nan_loss_stops_with_a_named_error_and_keeps_the_run(

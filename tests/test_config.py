@@ -100,12 +100,10 @@ def test_added_key_outside_the_schema_is_rejected():
 
 
 def test_wrong_literal_and_task_mismatch():
-    problems = problems_of(
-        ["experiment=quickstart", "trainer.precision=bf17", "model.task=causal_lm"]
-    )
+    problems = problems_of(["experiment=quickstart", "trainer.precision=bf17", "task=causal_lm"])
     text = "\n".join(problems)
     assert "trainer.precision:" in text and "'bf17'" in text
-    assert "feeds a sequence_classification model but model.task=causal_lm" in text
+    assert "data=banking77 is classification data but task=causal_lm reads instruction" in text
 
 
 def test_a_recipe_switched_to_another_method_names_the_keys_to_clear():
@@ -130,16 +128,18 @@ def test_defaults_live_in_the_config_classes_only():
     """A method or dataset YAML sets `_target_`, `name` and nothing that equals a class default."""
     from omegaconf import OmegaConf
 
-    from tunelab.config.plugins import locate_plugin
+    from tunelab.config.plugins import GROUP_SCHEMAS, locate_plugin
 
-    for group in ("method", "data"):
+    for group in [g for g in GROUP_DIRS if g not in ("experiment", "sweep")]:
         for name in available(group):
-            raw = OmegaConf.to_container(OmegaConf.load(GROUP_DIRS[group] / f"{name}.yaml"))
-            cls = locate_plugin(group, raw["_target_"])
+            raw = OmegaConf.to_container(OmegaConf.load(GROUP_DIRS[group] / f"{name}.yaml")) or {}
+            cls = GROUP_SCHEMAS.get(group) or locate_plugin(group, raw["_target_"])
             for key, value in raw.items():
                 field = cls.model_fields.get(key)
                 if field is not None and not field.is_required() and key != "name":
-                    assert value != field.default, f"{group}/{name}.yaml repeats {key}={value!r}"
+                    default = field.get_default(call_default_factory=True)
+                    default = list(default) if isinstance(default, tuple) else default
+                    assert value != default, f"{group}/{name}.yaml repeats {key}={value!r}"
 
 
 def test_cli_reports_config_errors_without_traceback(capsys: pytest.CaptureFixture):
@@ -170,10 +170,12 @@ def _args_for(group: str, option: str) -> list[str]:
 
     args = [f"{group}={option}"]
     raw = OmegaConf.to_container(OmegaConf.load(GROUP_DIRS[group] / f"{option}.yaml"))
-    if group == "data" and locate_plugin("data", raw["_target_"]).task == "causal_lm":
-        args.append("model=tiny_mistral")
-    if group == "model" and raw["task"] == "causal_lm":
-        args.append("data=medquad")
+    if group == "data" and locate_plugin("data", raw["_target_"]).family == "instruction":
+        args += ["model=tiny_mistral", "task=causal_lm"]
+    if group == "model" and option in ("tiny_mistral", "tiny_llama", "mistral_7b"):
+        args += ["data=medquad", "task=causal_lm"]
+    if group == "task" and locate_plugin("task", raw["_target_"]).data_family == "instruction":
+        args += ["data=medquad", "model=tiny_mistral"]
     if raw.get("path") == "???":
         args.append("data.path=somewhere.csv")
     if group == "method" and "teacher" in locate_plugin("method", raw["_target_"]).model_fields:

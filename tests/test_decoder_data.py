@@ -241,7 +241,13 @@ def test_pubmedqa_uses_test_pmids_and_never_the_reasoning_labels(tmp_path, model
         ["experiment=lora_tiny_mistral"],
         ["experiment=qlora_tiny_mistral"],
         ["experiment=lora_tiny_mistral", "model=tiny_llama", "data=pubmedqa"],
-        ["method=full", "model=tiny_llama", "data=instruction", "data.path=qa.jsonl"],
+        [
+            "method=full",
+            "model=tiny_llama",
+            "data=instruction",
+            "data.path=qa.jsonl",
+            "task=causal_lm",
+        ],
         ["experiment=quickstart", "method=lora", "model.quantize=int8"],
     ],
 )
@@ -250,7 +256,7 @@ def test_decoder_recipes_compose_and_validate(args):
 
     _, run = load_config(args)
     assert run.method.name in ("lora", "qlora", "full")
-    if run.model.task == "causal_lm":
+    if run.task.name == "causal_lm":
         assert run.data.name in ("medquad", "pubmedqa", "instruction")
 
 
@@ -260,7 +266,7 @@ def test_bad_decoder_configs_are_rejected_before_anything_loads():
 
     with pytest.raises(ConfigError, match=r"model\.quantize"):
         load_config(["experiment=qlora_tiny_mistral", "model.quantize=nf3"])
-    with pytest.raises(ConfigError, match=r"feeds a causal_lm model but model\.task"):
+    with pytest.raises(ConfigError, match=r"is instruction data but .* add task=causal_lm"):
         load_config(["experiment=quickstart", "data=medquad"])
     with pytest.raises(ConfigError, match=r"data\.template"):
         load_config(["experiment=lora_tiny_mistral", "data.template=alpaca"])

@@ -130,7 +130,7 @@ def test_qlora_fits_and_merges_into_the_dequantised_base(qlora_run, tiny):
     _loss_halves(client, run)
     config = json.loads((run_dir / "merged" / "config.json").read_text())
     assert "quantization_config" not in config
-    model = ModelConfig(name_or_path=str(tiny[0]), task="causal_lm", quantize="nf4")
+    model = ModelConfig(name_or_path=str(tiny[0]), quantize="nf4")
     base = AutoModelForCausalLM.from_pretrained(
         tiny[0], quantization_config=quantization_config(model)
     )

@@ -15,7 +15,7 @@ import torch
 from conftest import INTENTS, tiny_overrides
 from lightning.pytorch.callbacks import Callback
 from mlflow import MlflowClient
-from module_helpers import make_module, quantized_layers
+from module_helpers import make_module, quantized_layers, task_config
 from torch import nn
 
 from tunelab.base.errors import ConfigError
@@ -90,9 +90,9 @@ def trained(tmp_path_factory, tiny_bert: Path, intent_data: Path, teacher: Path)
             with pytest.MonkeyPatch.context() as patch:
                 patch.chdir(folder)
                 patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-                cfg, run = compose(method, tiny_bert, intent_data, *extra)
+                _cfg, run = compose(method, tiny_bert, intent_data, *extra)
                 snapshot = Snapshot()
-                cache[method] = run_experiment(cfg, run, callbacks=[snapshot]), snapshot
+                cache[method] = run_experiment(run, callbacks=[snapshot]), snapshot
         return cache[method]
 
     train.folder = folder
@@ -274,7 +274,7 @@ def load_export(method: str, folder: Path, tiny_bert: Path) -> nn.Module:
     if method in ("full", "freeze", "distill"):
         return AutoModelForSequenceClassification.from_pretrained(folder)
     if method == "adapter":
-        return load_adapter_export(folder)
+        return load_adapter_export(folder, task_config())
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=4)
     return PeftModel.from_pretrained(base, folder)
 

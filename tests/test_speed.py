@@ -57,8 +57,8 @@ def train(tiny_bert: Path, intent_data: Path, *extra: str):
             seen["module"] = pl_module
 
     args = [*tiny_overrides(tiny_bert, intent_data), "optim.lr=1e-2", "trainer.max_epochs=1"]
-    cfg, run = load_config([*args, "export.save_model=false", "logger.log_model=false", *extra])
-    run_experiment(cfg, run, callbacks=[Record()])
+    _cfg, run = load_config([*args, "export.save_model=false", "logger.log_model=false", *extra])
+    run_experiment(run, callbacks=[Record()])
     return torch.tensor(losses), seen["module"]
 
 

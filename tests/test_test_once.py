@@ -23,8 +23,8 @@ def run_script(run_dir: Path) -> subprocess.CompletedProcess:
 
 def test_the_chosen_candidate_is_tested_once_into_its_own_run(workdir, tiny_bert, intent_data):
     args = tiny_overrides(tiny_bert, intent_data, "trainer.limit_test_batches=0")
-    cfg, run = load_config([*args, "export.save_model=false", "logger.log_model=false"])
-    candidate = run_experiment(cfg, run)
+    _cfg, run = load_config([*args, "export.save_model=false", "logger.log_model=false"])
+    candidate = run_experiment(run)
     client = MlflowClient("sqlite:///mlflow.db")
     assert "test/acc" not in client.get_run(candidate.run_id).data.metrics  # test split unread
 

@@ -1,7 +1,7 @@
-"""Task-dependent pieces of the LightningModule as plain functions over the task table.
+"""Loading a base model for a task: quantisation, the bitsandbytes gate, k-bit preparation.
 
-`tunelab.tasks.TASKS` says which Auto class loads a task's model, which metrics it reports and
-which peft task type its adapters use; these functions turn those names into objects.
+Plug-ins (methods that load a teacher or rebuild their export) and the run load models here;
+the task says which Auto class and which extra arguments (label maps) the model needs.
 """
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ from typing import Any
 import torch
 from hydra.utils import get_class
 from torch import nn
-from torchmetrics import Metric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
-from torchmetrics.text import Perplexity
 
 from tunelab.base.errors import ModelLoadError
+from tunelab.base.plugin import TaskConfig
 from tunelab.base.schema import ModelConfig
-from tunelab.tasks import TASKS
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Output heads stay in full precision under quantisation: the LM head as in the QLoRA paper,
@@ -61,25 +58,20 @@ def quantization_config(model: ModelConfig) -> Any:
     )
 
 
-def load_pretrained(model: ModelConfig, labels: list[str] | None = None) -> nn.Module:
-    """Load the base model named by `model.name_or_path` for its task (quantised if asked).
+def load_pretrained(
+    model: ModelConfig, task: TaskConfig, labels: list[str] | None = None
+) -> nn.Module:
+    """Load the base model named by `model.name_or_path` for `task` (quantised if asked).
 
     Raises:
         ModelLoadError: when the folder or hub id cannot be loaded, with the fix.
     """
     kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[model.dtype], **model.config_overrides}
-    if TASKS[model.task].has_labels:
-        kwargs |= {
-            "num_labels": len(labels or []),
-            "id2label": dict(enumerate(labels or [])),
-            "label2id": {name: i for i, name in enumerate(labels or [])},
-        }
+    kwargs |= task.model_kwargs(labels)
     if model.quantize is not None:
         kwargs["quantization_config"] = quantization_config(model)
     try:
-        loaded = get_class(TASKS[model.task].auto_model).from_pretrained(
-            model.name_or_path, **kwargs
-        )
+        loaded = get_class(task.auto_model).from_pretrained(model.name_or_path, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"cannot load model.name_or_path='{model.name_or_path}': "
@@ -126,65 +118,6 @@ def prepare_base(base: nn.Module, model: ModelConfig) -> nn.Module:
     if model.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return base
-
-
-def peft_task_type(task: str) -> str:
-    """The peft `TaskType` name for a task (decides what an adapter export holds)."""
-    return TASKS[task].peft_task_type
-
-
-def _metric(name: str, num_labels: int, out_of_scope: int | None) -> Metric:
-    if name == "acc":
-        return MulticlassAccuracy(num_classes=num_labels, average="micro")
-    if name == "f1":
-        return MulticlassF1Score(num_classes=num_labels, average="macro")
-    if name == "ppl":
-        return Perplexity(ignore_index=-100)
-    if name == "oos_recall":  # recall of the out-of-scope class alone
-        return MulticlassRecall(num_classes=num_labels, average=None)
-    raise KeyError(name)
-
-
-def build_metrics(
-    task: str, num_labels: int, stage: str, out_of_scope: int | None = None
-) -> MetricCollection:
-    """The task's torchmetrics, logged at the end of each `stage` epoch (`val`, `test`).
-
-    With an out-of-scope class (CLINC150 `include_oos`), accuracy on in-scope rows and recall
-    on out-of-scope rows are reported apart, as Larson et al. (2019) do.
-    """
-    names = list(TASKS[task].metrics)
-    metrics = {n: _metric(n, num_labels, out_of_scope) for n in names}
-    if out_of_scope is not None:
-        metrics["in_scope_acc"] = _metric("acc", num_labels, out_of_scope)
-        metrics["oos_recall"] = _metric("oos_recall", num_labels, out_of_scope)
-    return MetricCollection(metrics, prefix=f"{stage}/")
-
-
-def update_metrics(
-    task: str, metrics: MetricCollection, logits: torch.Tensor, batch: dict, oos: int | None
-) -> None:
-    """Feed one batch's predictions to the stage's metrics."""
-    labels = batch["labels"]
-    if not TASKS[task].has_labels:  # next-token prediction: logits at t predict label t+1
-        metrics.update(logits[:, :-1].float(), labels[:, 1:])
-        return
-    preds = logits.argmax(dim=-1)
-    for key, metric in metrics.items(keep_base=True):
-        if key.endswith("in_scope_acc"):
-            keep = labels != oos
-            if keep.any():
-                metric.update(preds[keep], labels[keep])
-        else:
-            metric.update(preds, labels)
-
-
-def compute_metrics(metrics: MetricCollection, oos: int | None) -> dict[str, torch.Tensor]:
-    """The stage's values; the out-of-scope recall keeps only the out-of-scope class."""
-    values = metrics.compute()
-    for key in [k for k in values if k.endswith("oos_recall")]:
-        values[key] = values[key][oos]
-    return values
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -77,6 +77,17 @@ def encode_prompt(tokenizer: Any, prompt: str, chat: bool) -> list[int]:
     return ids if chat or bos is None else [bos, *ids]
 
 
+def inference_prompt(tokenizer: Any, row: dict[str, Any], info: dict[str, Any]) -> str:
+    """The training-time prompt of one row to predict (`info`: an export's metadata)."""
+    chat = uses_chat_template(tokenizer, info["template"])
+    example = {"instruction": str(row["instruction"]), "input": str(row.get("input") or "")}
+    text, _ = prompt_and_response_text(
+        tokenizer, example | {"response": ""}, chat, info["system_prompt"]
+    )
+    bos = tokenizer.bos_token
+    return text if chat or bos is None else bos + text
+
+
 def encode_example(
     tokenizer: Any,
     example: dict[str, str],

@@ -11,8 +11,7 @@ This module imports pydantic only: validation runs before torch is imported.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,82 +41,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class Plugin(Strict):
-    """A config group whose `_target_` names its own config class (a method or a dataset)."""
-
-    target: str = Field(alias="_target_", pattern=r"^[A-Za-z_][\w.]*$")
-    name: str = Field(pattern=r"^[\w.\-]+$")
-
-    def dump(self) -> dict[str, Any]:
-        """The config as plain data, `_target_` included (what checkpoints and MLflow keep)."""
-        return self.model_dump(by_alias=True)
-
-
-class ModelProbe(BaseModel):
-    """What a method's early checks may ask about the base model, read without its weights.
-
-    Built from the model's `config.json` and a skeleton on the meta device (see
-    `tunelab.config.preflight`), so checks run in a second even for a 7B model.
-    """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    name_or_path: str
-    model_type: str
-    num_layers: int
-    max_positions: int | None
-    linear_names: list[str]
-    hf_config: Any = None
-
-
-class MethodConfig(Plugin):
-    """Base of every fine-tuning method's config; its hooks are the method's code.
-
-    The one LightningModule (`lightning_module`) loads the base model, calls `adapt` to turn it
-    into what trains, trains it with `loss`, and saves it with `export`. Hooks import their heavy
-    libraries inside, so a method's file imports in milliseconds.
-    """
-
-    lightning_module: ClassVar[str] = "tunelab.run.module.FineTuneModule"
-    quantizable: ClassVar[bool] = False  # can train adapters on a bitsandbytes-quantised base
-
-    def check(self, probe: ModelProbe, task: str, problems: list[str]) -> None:
-        """Append problems only visible with the model at hand (targets, layer counts)."""
-
-    def load_base(self, model: ModelConfig, labels: list[str] | None) -> Any:
-        """A base model of the method's own (distillation: the teacher), or None for the usual."""
-        return None
-
-    def adapt(self, model: Any, task: str) -> Any:
-        """Turn the loaded base model into the model that trains (identity: full fine-tuning)."""
-        return model
-
-    def loss(self, outputs: Any, batch: dict[str, Any], task: str) -> Any:
-        """The training objective (default: the model's own loss on `labels`)."""
-        return outputs.loss
-
-    def export(self, model: Any, folder: Path, base: ModelConfig, labels: list[str] | None) -> bool:
-        """Write the trained model to `folder`; False leaves it to `save_pretrained`."""
-        return False
-
-
-class DataConfig(Plugin):
-    """Base of every dataset's config; a family base (classification, instruction) sits between.
-
-    `task` is the model task the family feeds and `datamodule` the family's LightningDataModule;
-    a dataset class adds only the fields its loader reads and a `load` method.
-    """
-
-    task: ClassVar[str] = ""
-    datamodule: ClassVar[str] = ""
-
-
 # ----------------------------------------------------------------------------- the rest
 class ModelConfig(Strict):
     """The pretrained base model, and how it is loaded."""
 
     name_or_path: str
-    task: Literal["sequence_classification", "causal_lm"]
     max_length: PositiveInt = 128
     dtype: DType = "float32"
     gradient_checkpointing: bool = False
@@ -131,19 +59,20 @@ class ModelConfig(Strict):
 
 
 class OptimConfig(Strict):
-    """AdamW, its learning-rate schedule and label smoothing of the training loss."""
+    """AdamW and its learning-rate schedule."""
 
     lr: Annotated[float, Field(gt=0, lt=1)]
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    warmup_ratio: Fraction = 0.0
+    warmup_ratio: Fraction = 0.06
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     betas: tuple[Probability, Probability] = (0.9, 0.999)
     # AdamW kernel: fused (one kernel for all tensors: full fine-tuning steps 1.35x faster than
     # torch's default on CPU, LoRA steps level; benchmarks/speed_switches.py), foreach, default
     implementation: Literal["fused", "foreach", "default"] = "fused"
-    # classification's training loss against (1 - s) one-hot + s uniform targets (Szegedy et al.
-    # 2016; HF Trainer's label_smoothing_factor); validation and test losses stay unsmoothed
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+# The `trainer.accelerator` names that mean a CUDA GPU (`auto` takes one when torch sees it).
+CUDA_ACCELERATORS = ("gpu", "cuda")
 
 
 class TrainerConfig(Strict):
@@ -201,7 +130,7 @@ class CallbackConfig(Strict):
 
 
 class RunConfig(Strict):
-    """The whole composed config of one run; `method` and `data` are the validated plug-ins."""
+    """The whole composed config of one run; `task`, `method` and `data` are validated plug-ins."""
 
     name: str = Field(pattern=r"^[\w.\-]+$")
     seed: Annotated[int, Field(ge=0)] = 42
@@ -213,8 +142,14 @@ class RunConfig(Strict):
     trainer: TrainerConfig
     logger: LoggerConfig
     export: ExportConfig
-    callbacks: list[CallbackConfig] | None = None
+    task: Any
+    # extra Lightning callbacks beside the task's own (`task.callbacks`)
+    callbacks: list[CallbackConfig] = []
     sweep: dict[str, Any] | None = None
     # true: continue the newest interrupted run with this config; false: a new run; or a run
     # folder / MLflow run id to continue (see tunelab.run.resume)
     resume: bool | str = True
+
+    def as_dict(self) -> dict[str, Any]:
+        """The config as plain data (JSON types, `_target_` keys): what MLflow and folders keep."""
+        return self.model_dump(mode="json", by_alias=True)

@@ -22,6 +22,7 @@ CONFIG_DIR = REPO_ROOT / "configs"
 GROUP_DIRS = {
     "experiment": REPO_ROOT / "experiments",
     "sweep": REPO_ROOT / "sweeps",
+    "task": CONFIG_DIR / "task",
     "method": CONFIG_DIR / "method",
     "data": CONFIG_DIR / "data",
     "model": CONFIG_DIR / "model",
@@ -110,12 +111,14 @@ def _split_overrides(args: list[str], problems: list[str]) -> tuple[list[str], l
 
 
 def leaf_paths(node: Any, prefix: str = "") -> list[str]:
-    """All dotted key paths in a config (for 'did you mean' hints)."""
-    if not isinstance(node, DictConfig):
+    """All dotted key paths in a config (for 'did you mean' hints); nothing is resolved."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    if not isinstance(node, dict):
         return [prefix] if prefix else []
     paths = [prefix] if prefix else []
-    for key in node:
-        paths += leaf_paths(node._get_node(key), f"{prefix}.{key}" if prefix else str(key))
+    for key, value in node.items():
+        paths += leaf_paths(value, f"{prefix}.{key}" if prefix else str(key))
     return paths
 
 
@@ -141,7 +144,7 @@ def fill_defaults(cfg: DictConfig) -> None:
     """
     from tunelab.config.plugins import group_defaults
 
-    for group in ("method", "data", "model", "optim", "trainer", "logger", "export"):
+    for group in ("task", "method", "data", "model", "optim", "trainer", "logger", "export"):
         node = cfg.get(group)
         if isinstance(node, DictConfig):
             head = {key: node[key] for key in ("_target_", "name") if key in node}

@@ -1,9 +1,9 @@
-"""Find the config class of a group (`method`/`data`: the one `_target_` names) and its defaults.
+"""Find the config class of a group (a plug-in: the one `_target_` names) and its defaults.
 
-Methods and datasets are plug-ins: each is a config class in this project's `modules/` or
-`datamodules/` package, named by the group's `_target_`. The class holds the only defaults; the
-composed config is filled with them, so every field shows in `--cfg`, can be overridden with
-`method.r=16` and is searched by sweeps, while a YAML keeps only what differs.
+Tasks, methods and datasets are plug-ins: each is a config class in this project's `tasks/`,
+`modules/` or `datamodules/` package, named by the group's `_target_`. The class holds the only
+defaults; the composed config is filled with them, so every field shows in `--cfg`, can be
+overridden with `method.r=16` and is searched by sweeps, while a YAML keeps only what differs.
 """
 
 from __future__ import annotations
@@ -13,19 +13,22 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from tunelab.base.plugin import DataConfig, MethodConfig, TaskConfig
 from tunelab.base.schema import (
-    DataConfig,
     ExportConfig,
     LoggerConfig,
-    MethodConfig,
     ModelConfig,
     OptimConfig,
     TrainerConfig,
 )
 
 # Where `_target_`s may point: this project's own packages, never arbitrary importable code.
-PLUGIN_PACKAGES = {"method": "modules.", "data": "datamodules."}
-PLUGIN_BASES: dict[str, type[BaseModel]] = {"method": MethodConfig, "data": DataConfig}
+PLUGIN_PACKAGES = {"task": "tasks.", "method": "modules.", "data": "datamodules."}
+PLUGIN_BASES: dict[str, type[BaseModel]] = {
+    "task": TaskConfig,
+    "method": MethodConfig,
+    "data": DataConfig,
+}
 GROUP_SCHEMAS: dict[str, type[BaseModel]] = {
     "model": ModelConfig,
     "optim": OptimConfig,
@@ -36,7 +39,7 @@ GROUP_SCHEMAS: dict[str, type[BaseModel]] = {
 
 
 def locate_plugin(group: str, target: Any) -> type[BaseModel] | str:
-    """The config class a `method`/`data` `_target_` names, or the problem with it."""
+    """The config class a plug-in group's `_target_` names, or the problem with it."""
     package = PLUGIN_PACKAGES[group]
     if not isinstance(target, str) or not target.startswith(package):
         return (
@@ -50,7 +53,7 @@ def locate_plugin(group: str, target: Any) -> type[BaseModel] | str:
         return f"{group}._target_: cannot import {target} ({err}); check the file and class name"
     if not (isinstance(found, type) and issubclass(found, PLUGIN_BASES[group])):
         base = PLUGIN_BASES[group].__name__
-        return f"{group}._target_: {target} is not a {base} subclass (tunelab.base.schema.{base})"
+        return f"{group}._target_: {target} is not a {base} subclass (tunelab.base.plugin.{base})"
     return found
 
 

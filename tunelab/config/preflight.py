@@ -8,21 +8,21 @@ target modules that match nothing, layer counts out of range, a missing teacher.
 from __future__ import annotations
 
 from tunelab.base.errors import ConfigError
-from tunelab.base.schema import ModelProbe, RunConfig
+from tunelab.base.plugin import ModelProbe, TaskConfig
+from tunelab.base.schema import RunConfig
 from tunelab.config.compose import nearest
-from tunelab.tasks import TASKS
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
 
 
-def probe_model(name_or_path: str, task: str) -> ModelProbe:
+def probe_model(name_or_path: str, task: TaskConfig) -> ModelProbe:
     """Names of the linear layers, the block count and the position limit of a model."""
     import torch
     from hydra.utils import get_class
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(name_or_path)
-    auto = get_class(TASKS[task].auto_model)
+    auto = get_class(task.auto_model)
     with torch.device("meta"):
         skeleton = auto.from_config(config)
     linears = [n for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)]
@@ -38,25 +38,30 @@ def probe_model(name_or_path: str, task: str) -> ModelProbe:
     )
 
 
-def preflight(run: RunConfig) -> ModelProbe | None:
-    """Run every architecture-dependent check; one `ConfigError` lists what is wrong.
+def preflight(run: RunConfig, problems: list[str] | None = None) -> ModelProbe | None:
+    """Run every architecture-dependent check.
+
+    Args:
+        run: the validated config.
+        problems: where to append what is wrong; None raises one `ConfigError` instead.
 
     Returns:
         The probe, or None when the model cannot be read here (then loading reports it).
     """
+    collect = problems is not None
+    problems = problems if collect else []
     try:
-        probe = probe_model(run.model.name_or_path, run.model.task)
+        probe = probe_model(run.model.name_or_path, run.task)
     except (OSError, ValueError, KeyError):  # unreachable hub id or unknown type: loading says
         return None
-    problems: list[str] = []
     if probe.max_positions and run.model.max_length > probe.max_positions:
         problems.append(
             f"model.max_length: {run.model.max_length} but {run.model.name_or_path} has "
             f"{probe.max_positions} positions; use model.max_length<={probe.max_positions}"
         )
     check_config_overrides(run.model.config_overrides, probe, problems)
-    run.method.check(probe, run.model.task, problems)
-    if problems:
+    run.method.check(probe, run.task, problems)
+    if problems and not collect:
         raise ConfigError(problems)
     return probe
 

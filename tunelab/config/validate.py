@@ -1,8 +1,9 @@
 """Check a composed config; one `ConfigError` lists every problem with its fix.
 
-The `method` and `data` groups are validated by the config class their `_target_` names; that
-class lives beside the code that uses it (`modules/lora.py`, `datamodules/banking77.py`) and is
-imported here by path, never by name, so adding a method or a dataset touches no file of the core.
+The `task`, `method` and `data` groups are validated by the config class their `_target_` names;
+that class lives beside the code that uses it (`tasks/causal_lm.py`, `modules/lora.py`,
+`datamodules/banking77.py`) and is imported here by path, never by name, so adding a task kind, a
+method or a dataset touches no file of the core.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from pydantic import BaseModel, ValidationError
 
 from tunelab.base.errors import ConfigError
 from tunelab.base.schema import RunConfig
-from tunelab.config.compose import GROUP_DIRS, compose, nearest
-from tunelab.config.plugins import locate_plugin
+from tunelab.config.compose import GROUP_DIRS, available, compose, nearest
+from tunelab.config.plugins import PLUGIN_PACKAGES, locate_plugin
 from tunelab.config.strategies import check_strategy
-from tunelab.tasks import TASKS
 
 LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
 
@@ -48,7 +48,7 @@ def check(schema: type[BaseModel], data: Any, prefix: str, problems: list[str]) 
 
 
 def check_plugin(group: str, raw: Any, problems: list[str]) -> Any:
-    """Validate a `method` or `data` group with the class its `_target_` names."""
+    """Validate a plug-in group (`task`, `method`, `data`) with the class its `_target_` names."""
     if not isinstance(raw, dict):
         problems.append(f"{group}: missing; pick one with {group}=<name>")
         return None
@@ -69,27 +69,35 @@ def _check_paths(raw: dict[str, Any], problems: list[str]) -> None:
         )
 
 
-def _check_pairing(raw: dict[str, Any], method: Any, data: Any, problems: list[str]) -> None:
-    """Method, data, model and objective must fit together."""
+def _check_pairing(raw: dict[str, Any], plugins: dict[str, Any], problems: list[str]) -> None:
+    """Task, data, method and model must fit together; the task adds checks of its own."""
+    task, method, data = plugins["task"], plugins["method"], plugins["data"]
+    if task is not None and data is not None and data.family != task.data_family:
+        fits = " or ".join(f"task={name}" for name in tasks_reading(data.family)) or "a task="
+        problems.append(
+            f"data={data.name} is {data.family} data but task={task.name} reads "
+            f"{task.data_family} data; add {fits} (or pick another data=)"
+        )
+    if task is not None:
+        task.check(raw, problems)
     model = raw.get("model") or {}
-    smoothing = (raw.get("optim") or {}).get("label_smoothing")
-    task = TASKS.get(model.get("task"))
-    if smoothing and task is not None and not task.has_labels:
-        problems.append(
-            f"optim.label_smoothing={smoothing}: smooths class labels, but model.task="
-            f"{task.name} predicts tokens; use optim.label_smoothing=0 or a classification model="
-        )
-    if data is not None and model.get("task") and data.task != model["task"]:
-        problems.append(
-            f"data={data.name} feeds a {data.task} model but model.task="
-            f"{model['task']}; pick a matching model= or data="
-        )
     if method is not None and model.get("quantize") and not method.quantizable:
         problems.append(
             f"model.quantize={model['quantize']}: method {method.name} trains the base "
             "weights, which cannot be quantised; use a PEFT method (lora, ia3, prefix, prompt, "
             "ptuning) or model.quantize=null"
         )
+
+
+def tasks_reading(family: str) -> list[str]:
+    """The task kinds in `configs/task/` that read `family` data."""
+    names = []
+    for name in available("task"):
+        target = OmegaConf.load(GROUP_DIRS["task"] / f"{name}.yaml").get("_target_")
+        found = locate_plugin("task", target)
+        if not isinstance(found, str) and found.data_family == family:
+            names.append(name)
+    return names
 
 
 def _resolve(cfg: DictConfig, problems: list[str]) -> dict[str, Any] | None:
@@ -109,17 +117,16 @@ def validate(cfg: DictConfig, problems: list[str] | None = None) -> RunConfig:
         problems: problems found earlier (while composing), reported together with these.
 
     Returns:
-        The typed run config, `method` and `data` as their validated config objects.
+        The typed run config, `task`, `method` and `data` as their validated config objects.
     """
     problems = [] if problems is None else problems
     raw = _resolve(cfg, problems)
     if raw is None:
         raise ConfigError(problems)
-    method = check_plugin("method", raw.get("method"), problems)
-    data = check_plugin("data", raw.get("data"), problems)
-    run = check(RunConfig, raw | {"method": method, "data": data}, "", problems)
+    plugins = {group: check_plugin(group, raw.get(group), problems) for group in PLUGIN_PACKAGES}
+    run = check(RunConfig, raw | plugins, "", problems)
     _check_paths(raw, problems)
-    _check_pairing(raw, method, data, problems)
+    _check_pairing(raw, plugins, problems)
     check_strategy(raw, problems)
     if problems:
         raise ConfigError(problems)

@@ -24,7 +24,6 @@ from tunelab.base.errors import ConfigError
 from tunelab.config.compose import CONFIG_DIR, GROUP_DIRS
 from tunelab.run import compare_report
 from tunelab.run.compare_report import TEXT_COLUMNS
-from tunelab.tasks import TASKS
 
 
 @dataclass
@@ -111,7 +110,7 @@ def load_all(plan: Plan) -> dict[str, tuple[Any, Any]]:
 
 def score_key(plan: Plan, run: Any) -> str:
     """The test metric compared: `metric=`, else the task's checkpoint metric on test."""
-    return plan.metric or TASKS[run.model.task].monitor.replace("val/", "test/")
+    return plan.metric or run.task.monitor.replace("val/", "test/")
 
 
 def tuned_lr(plan: Plan, method: str, parent_id: str) -> float:
@@ -134,15 +133,15 @@ def run_method(plan: Plan, method: str, config: tuple, parent_id: str) -> dict[s
     from tunelab.config.validate import load_config
     from tunelab.run.pipeline import run_experiment
 
-    cfg, run = config
+    _, run = config
     row: dict[str, Any] = {"method": method, "lr": run.optim.lr, "error": ""}
     try:
         if plan.tune_lr:
             lr = tuned_lr(plan, method, parent_id)
-            cfg, run = load_config([*method_args(plan, method), f"optim.lr={lr}"])
+            _cfg, run = load_config([*method_args(plan, method), f"optim.lr={lr}"])
             row["lr"] = lr
         meter = get_class("callbacks.throughput.Throughput")()
-        result = run_experiment(cfg, run, callbacks=[meter], parent_run_id=parent_id)
+        result = run_experiment(run, callbacks=[meter], parent_run_id=parent_id)
     except (TunelabError, RuntimeError, ValueError) as err:  # one method failing: keep the rest
         row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
         return row
@@ -186,9 +185,10 @@ def compare(args: list[str], out: Path | None = None) -> Comparison:
     """
     plan = parse_args(args)
     configs = load_all(plan)
-    first_cfg, first_run = configs[plan.methods[0]]
+    _, first_run = configs[plan.methods[0]]
     metric = score_key(plan, first_run)
-    parent_id, experiment_id = compare_report.open_parent(plan, first_cfg, first_run)
+    parent = compare_report.open_parent(plan, first_run)
+    parent_id, experiment_id = parent.run_id, parent.experiment_id
     folder = out or Path(first_run.output_root) / f"compare_{plan.recipe}" / time.strftime(
         "%Y-%m-%d_%H-%M-%S"
     )
@@ -200,7 +200,7 @@ def compare(args: list[str], out: Path | None = None) -> Comparison:
             compare_report.write(rows, metric, plan, folder)  # partial results survive a crash
         status = "FINISHED" if all(not r["error"] for r in rows) else "FAILED"
     finally:
-        compare_report.close_parent(first_run, parent_id, rows, metric, folder, status)
+        compare_report.close_parent(parent, rows, metric, folder, status)
     return Comparison(rows, metric, parent_id, experiment_id, folder)
 
 

@@ -10,9 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from tunelab.tracking.store import absolute_uri, ensure_experiment, run_tags
+from tunelab.tracking.parent import ParentRun
 
 COLUMNS = ["method", "lr", "score", "trainable_params", "total_params", "trainable_pct"]
 COLUMNS += ["peak_memory_mb", "train_samples_per_s", "wall_time_s", "run_id", "error"]
@@ -30,29 +28,16 @@ TABLE = [
 ]
 
 
-def _client(run: Any) -> Any:
-    from mlflow import MlflowClient
-
-    return MlflowClient(absolute_uri(run.logger.tracking_uri))
-
-
-def open_parent(plan: Any, cfg: Any, run: Any) -> tuple[str, str]:
-    """Create the comparison's parent run; (run id, experiment id)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    uri = absolute_uri(run.logger.tracking_uri)
-    experiment_id = ensure_experiment(uri, run.logger.experiment_name)
-    tags = run_tags(resolved) | {"method": ",".join(plan.methods), "compare.role": "parent"}
-    client = _client(run)
-    parent = client.create_run(experiment_id, run_name=f"compare_{plan.recipe}", tags=tags)
-    parent_id = parent.info.run_id
-    for key, value in {
+def open_parent(plan: Any, run: Any) -> ParentRun:
+    """Create the comparison's parent run."""
+    tags = {"method": ",".join(plan.methods), "compare.role": "parent"}
+    params = {
         "compare.recipe": plan.recipe,
         "compare.methods": ",".join(plan.methods),
         "compare.tune_lr": plan.tune_lr,
-        "compare.overrides": " ".join(plan.shared)[:6000],
-    }.items():
-        client.log_param(parent_id, key, str(value))
-    return parent_id, experiment_id
+        "compare.overrides": " ".join(plan.shared),
+    }
+    return ParentRun.open(run, f"compare_{plan.recipe}", tags, params)
 
 
 def cell(row: dict[str, Any], key: str, fmt: str) -> str:
@@ -125,14 +110,13 @@ def write(rows: list[dict[str, Any]], metric: str, plan: Any, folder: Path) -> l
 
 
 def close_parent(
-    run: Any, parent_id: str, rows: list[dict], metric: str, folder: Path, status: str
+    parent: ParentRun, rows: list[dict], metric: str, folder: Path, status: str
 ) -> None:
     """Log the table, the plot and one metric per method to the parent run; end it."""
-    client = _client(run)
-    for path in (folder / "compare.csv", folder / "compare.md", folder / "score_vs_params.png"):
-        if path.exists():
-            client.log_artifact(parent_id, str(path))
-    for row in rows:
-        if not row["error"] and isinstance(row.get("score"), float):
-            client.log_metric(parent_id, f"compare/{row['method']}/{metric}", row["score"])
-    client.set_terminated(parent_id, status)
+    files = [folder / "compare.csv", folder / "compare.md", folder / "score_vs_params.png"]
+    metrics = {
+        f"compare/{row['method']}/{metric}": row["score"]
+        for row in rows
+        if not row["error"] and isinstance(row.get("score"), float)
+    }
+    parent.close(status, files, metrics)

@@ -2,7 +2,7 @@
 
 What the config cannot say by itself: whether a GPU the recipe asks for is there, whether the
 output folder can be written, and whether the MLflow store can be reached and is a database.
-Each failure is a `TunelabError` that names the setting and the fix.
+Each problem names the setting and the fix; they join the run's other problems in one error.
 """
 
 from __future__ import annotations
@@ -10,42 +10,37 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from tunelab.base.errors import ConfigError, TunelabError
-from tunelab.base.schema import RunConfig
+from tunelab.base.schema import CUDA_ACCELERATORS, RunConfig
 from tunelab.tracking.store import absolute_uri, sqlite_file
 
-GPU_ACCELERATORS = ("gpu", "cuda")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def before_run(run: RunConfig) -> None:
-    """Every check, in the order a user would fix them."""
-    check_length(run)
-    check_accelerator(run)
-    check_output_root(run)
-    check_tracking_uri(run.logger.tracking_uri)
+def check_machine(run: RunConfig, problems: list[str]) -> None:
+    """Every check, in the order a user would fix them; each problem is appended."""
+    for check in (check_length, check_accelerator, check_output_root):
+        check(run, problems)
+    check_tracking_uri(run.logger.tracking_uri, problems)
 
 
-def check_length(run: RunConfig) -> None:
+def check_length(run: RunConfig, problems: list[str]) -> None:
     """`trainer.max_epochs=0` or `trainer.max_steps=0` would train nothing and report it."""
-    problems = [
+    problems += [
         f"trainer.{key}=0 trains nothing; use trainer.{key}>=1 (or -1 for no limit)"
         for key in ("max_epochs", "max_steps")
         if getattr(run.trainer, key) == 0
     ]
-    if problems:
-        raise ConfigError(problems)
 
 
-def check_accelerator(run: RunConfig) -> None:
+def check_accelerator(run: RunConfig, problems: list[str]) -> None:
     """A recipe asking for a CUDA GPU on a machine without one says so, with the CPU fix."""
-    if run.trainer.accelerator not in GPU_ACCELERATORS:
+    if run.trainer.accelerator not in CUDA_ACCELERATORS:
         return
     import torch
 
     if torch.cuda.is_available():
         return
-    raise TunelabError(
+    problems.append(
         f"trainer.accelerator={run.trainer.accelerator}: experiment '{run.name}' asks for a "
         "CUDA GPU (its trainer preset, e.g. trainer=gpu in experiments/"
         f"{run.name}.yaml), but torch sees none (torch.cuda.is_available() is False).\n"
@@ -54,7 +49,7 @@ def check_accelerator(run: RunConfig) -> None:
     )
 
 
-def check_output_root(run: RunConfig) -> None:
+def check_output_root(run: RunConfig, problems: list[str]) -> None:
     """Run folders must be creatable under `output_root` (checked without creating any)."""
     base = (Path(run.output_root).expanduser() / run.name).absolute()
     existing = next(p for p in (base, *base.parents) if p.exists())
@@ -68,24 +63,27 @@ def check_output_root(run: RunConfig) -> None:
         except OSError as err:
             problem = f"{existing} is not writable ({err.strerror or err})"
     if problem:
-        raise TunelabError(
+        problems.append(
             f"output_root='{run.output_root}': cannot create run folders in {base}: {problem}."
             "\nFix: output_root=<a folder you can write>"
         )
 
 
-def check_tracking_uri(uri: str) -> None:
+def check_tracking_uri(uri: str, problems: list[str]) -> None:
     """The MLflow store must be reachable: an SQLite file that is a database, or a live server."""
     uri = absolute_uri(uri)
     path = sqlite_file(uri)
     fix = "Fix: logger.tracking_uri=sqlite:///mlflow.db (or MLFLOW_TRACKING_URI) or a live server"
+    problem = None
     if path is not None:
-        _check_sqlite(uri, path, fix)
+        problem = _sqlite_problem(uri, path, fix)
     elif uri.startswith(("http://", "https://")):
-        _check_server(uri, fix)
+        problem = _server_problem(uri, fix)
+    if problem:
+        problems.append(problem)
 
 
-def _check_sqlite(uri: str, path: Path, fix: str) -> None:
+def _sqlite_problem(uri: str, path: Path, fix: str) -> str | None:
     problem = None
     if path.is_dir():
         problem = f"{path} is a folder, not an SQLite database file"
@@ -96,21 +94,21 @@ def _check_sqlite(uri: str, path: Path, fix: str) -> None:
             problem = f"{path} exists but is not an SQLite database"
     elif not path.parent.is_dir():
         problem = f"folder {path.parent} does not exist"
-    if problem:
-        raise TunelabError(f"logger.tracking_uri='{uri}': {problem}.\n{fix}")
+    return f"logger.tracking_uri='{uri}': {problem}.\n{fix}" if problem else None
 
 
-def _check_server(uri: str, fix: str) -> None:
+def _server_problem(uri: str, fix: str) -> str | None:
     import urllib.error
     import urllib.request
 
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).close()
     except urllib.error.HTTPError:
-        return  # it answered (a proxy or an older server without /health): reachable
+        return None  # it answered (a proxy or an older server without /health): reachable
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        raise TunelabError(
+        return (
             f"logger.tracking_uri='{uri}': the MLflow server cannot be reached ({reason}).\n"
             f"Start it (mlflow server ...) or {fix[5:]}"
-        ) from None
+        )
+    return None

@@ -1,9 +1,10 @@
 """The one LightningModule every fine-tuning method runs in.
 
-A method is its config class (`tunelab.base.schema.MethodConfig`): its hooks load the base model
+A method is its config class (`tunelab.base.plugin.MethodConfig`): its hooks load the base model
 when the method needs its own (`load_base`), turn it into what trains (`adapt`), give the
-objective (`loss`) and save the result (`export`). Optimiser, schedule, metrics, logging and
-checkpoint contents are shared here, so a method file holds only what makes it different.
+objective (`loss`) and save the result (`export`). The task (`tunelab.base.plugin.TaskConfig`)
+says which Auto class loads the model, its default loss and its metrics. Optimiser, schedule,
+logging and checkpoint contents are shared here, so a plug-in holds only what makes it different.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from torchmetrics import MetricCollection
 from typing_extensions import override
 
-from tunelab.base import models as tasks
-from tunelab.base.schema import MethodConfig, ModelConfig, OptimConfig
+from tunelab.base import models
+from tunelab.base.plugin import Labels, MethodConfig, TaskConfig
+from tunelab.base.schema import ModelConfig, OptimConfig
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -58,55 +61,55 @@ def clip_unscaled(trainer: L.Trainer, optimizer: torch.optim.Optimizer, value: f
 
 
 class FineTuneModule(L.LightningModule):
-    """Fine-tune a pretrained Hugging Face model with one method.
+    """Fine-tune a pretrained Hugging Face model for one task with one method.
 
     Args:
+        task: the validated task config (its hooks: loading arguments, loss, metrics).
         method: the validated method config (its hooks are the method's code).
         model: the `model` config group.
         optim: the `optim` config group.
-        labels: class names for classification tasks, in label-id order.
-        out_of_scope: the class reported apart (CLINC150's `oos`), if any.
+        labels: the class names (classification), or None.
     """
 
     def __init__(
         self,
+        task: TaskConfig,
         method: MethodConfig,
         model: ModelConfig,
         optim: OptimConfig,
-        labels: list[str] | None = None,
-        out_of_scope: str | None = None,
+        labels: Labels | None = None,
     ):
         super().__init__()
-        self.method, self.model_cfg, self.optim_cfg = method, model, optim
-        self.save_hyperparameters(
+        self.task, self.method, self.model_cfg, self.optim_cfg = task, method, model, optim
+        self.labels = labels
+        self.save_hyperparameters(  # plain data: checkpoints load with weights_only=True
             {
+                "task": task.dump(),
                 "method": method.dump(),
                 "model": model.model_dump(),
-                "optim": optim.model_dump(),
-                "labels": labels,
-                "out_of_scope": out_of_scope,
+                "optim": optim.model_dump(mode="json"),
+                "labels": labels.model_dump() if labels else None,
             },
             logger=False,
         )
-        self.task = model.task
-        tasks.gate_bitsandbytes(model.quantize is not None)
-        self.oos = labels.index(out_of_scope) if labels and out_of_scope else None
-        self.model = method.adapt(tasks.prepare_base(self.load_base(), model), self.task)
+        models.gate_bitsandbytes(model.quantize is not None)
+        self.model = method.adapt(models.prepare_base(self.load_base(), model), task)
         # `from_pretrained` returns a model in eval mode and Lightning keeps each submodule's
         # mode, so without this dropout would stay off for the whole of training
         self.model.train()
-        num_labels = len(labels or [])
-        self.val_metrics = tasks.build_metrics(self.task, num_labels, "val", self.oos)
-        self.test_metrics = tasks.build_metrics(self.task, num_labels, "test", self.oos)
+        self.val_metrics = MetricCollection(task.metrics(labels), prefix="val/")
+        self.test_metrics = MetricCollection(task.metrics(labels), prefix="test/")
         # Frozen base weights are rebuilt from `model.name_or_path`, so checkpoints hold only
         # what trains; loading them back is then non-strict.
         self.strict_loading = not self.saves_trainable_only
 
     def load_base(self) -> torch.nn.Module:
         """The pretrained model: the method's own (e.g. a teacher) or `model.name_or_path`."""
-        labels = self.hparams.labels
-        base = self.method.load_base(self.model_cfg, labels)
-        return base if base is not None else tasks.load_pretrained(self.model_cfg, labels)
+        names = self.labels.names if self.labels else None
+        base = self.method.load_base(self.model_cfg, self.task, names)
+        return (
+            base if base is not None else models.load_pretrained(self.model_cfg, self.task, names)
+        )
 
     @property
     def saves_trainable_only(self) -> bool:
@@ -116,20 +119,14 @@ class FineTuneModule(L.LightningModule):
     @property
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameters of the model being fine-tuned."""
-        return tasks.count_parameters(self.model)
+        return models.count_parameters(self.model)
 
     @override
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
 
     def compute_loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The method's training objective for one batch (its cross-entropy label-smoothed)."""
-        if self.optim_cfg.label_smoothing:  # classification only (validated)
-            outputs["loss"] = torch.nn.functional.cross_entropy(
-                outputs.logits.float(),
-                batch["labels"],
-                label_smoothing=self.optim_cfg.label_smoothing,
-            )
+        """The method's training objective for one batch (by default the task's loss)."""
         return self.method.loss(outputs, batch, self.task)
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
@@ -148,13 +145,14 @@ class FineTuneModule(L.LightningModule):
         )
         if not train:
             metrics = self.val_metrics if stage == "val" else self.test_metrics
-            tasks.update_metrics(self.task, metrics, outputs.logits, batch, self.oos)
+            metrics.update(*self.task.metric_inputs(outputs, batch))
         return loss
 
     def _log_epoch_metrics(self, stage: str) -> None:
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        values = tasks.compute_metrics(metrics, self.oos)
-        self.log_dict(values, prog_bar=stage == "val", sync_dist=True)  # torchmetrics synced
+        self.log_dict(
+            metrics.compute(), prog_bar=stage == "val", sync_dist=True
+        )  # torchmetrics synced
         metrics.reset()
 
     @override
@@ -231,6 +229,7 @@ class FineTuneModule(L.LightningModule):
     def export(self, folder: str | Path) -> Path:
         """Save the fine-tuned model (PEFT: adapter + trained head) in Hugging Face format."""
         folder = Path(folder)
-        if not self.method.export(self.model, folder, self.model_cfg, self.hparams.labels):
+        names = self.labels.names if self.labels else None
+        if not self.method.export(self.model, folder, self.model_cfg, names):
             self.model.save_pretrained(folder)
         return folder

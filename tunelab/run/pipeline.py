@@ -1,4 +1,8 @@
-"""One experiment: build data, module and trainer; fit; test the best checkpoint; export; log."""
+"""One experiment as one object: `Run(config).execute()` sets up, fits, tests, exports, closes.
+
+The typed config travels; it becomes plain data once (`RunConfig.as_dict`), for MLflow, the run
+folder's `config.yaml` and the resume state. Each phase keeps what it made on `self`.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,16 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
+from tunelab.base.errors import ConfigError
 from tunelab.base.schema import RunConfig
 from tunelab.config.preflight import preflight
-from tunelab.run import machine as runtime_checks
-from tunelab.run import resume, signals
+from tunelab.run import machine, resume, signals
+from tunelab.run.build import build_data_and_module, build_trainer, make_run_dir
 from tunelab.run.distributed import exportable, rank_zero_previous, shared_run_dir
-from tunelab.run.speed import compiled, resolve_precision
-from tunelab.tasks import TASKS
 from tunelab.tracking import run_info
 from tunelab.tracking import store as tracking
 
@@ -41,249 +41,204 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def make_run_dir(run: RunConfig, base: Path | None = None) -> Path:
-    """`<output_root>/<name>/<timestamp>` (or `base` when given), made unique."""
-    base = base or Path(run.output_root) / run.name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    folder, n = base, 1
-    while folder.exists():
-        folder, n = base.with_name(f"{base.name}_{n}"), n + 1
-    folder.mkdir(parents=True)
-    return folder
+@dataclass
+class RunOptions:
+    """How a run is started by whoever starts it (run.py, a sweep trial, compare).
 
-
-def build_datamodule(run: RunConfig) -> Any:
-    """The data family's LightningDataModule for the validated `data` config."""
-    from hydra.utils import get_class
-
-    cls = get_class(run.data.datamodule)
-    return cls(
-        data=run.data,
-        tokenizer=run.model.name_or_path,
-        max_length=run.model.max_length,
-        seed=run.seed,
-    )
-
-
-def build_module(run: RunConfig, labels: list[str] | None, out_of_scope: str | None = None) -> Any:
-    """The LightningModule that runs the validated `method` (`method.lightning_module`)."""
-    from hydra.utils import get_class
-
-    cls = get_class(run.method.lightning_module)
-    return cls(run.method, run.model, run.optim, labels or None, out_of_scope)
-
-
-def build_callbacks(run: RunConfig) -> list:
-    """`callbacks:` from the config, or the task's defaults when it is null."""
-    from hydra.utils import get_class, instantiate
-
-    if run.callbacks is None:
-        return [get_class(target)() for target in TASKS[run.model.task].callbacks]
-    return [instantiate(c.model_dump(by_alias=True)) for c in run.callbacks]
-
-
-def build_trainer(run: RunConfig, run_dir: Path, logger: Any, callbacks: list) -> tuple:
-    """The Lightning Trainer with checkpointing on the task's validation metric."""
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-
-    from tunelab.run.finite_loss import FiniteLossGuard
-    from tunelab.run.resume_state import ResumeCheckpoint
-
-    task = TASKS[run.model.task]
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        monitor=task.monitor,
-        mode=task.mode,
-        save_top_k=1,
-        filename="best-{epoch}-{step}",
-        auto_insert_metric_name=False,
-    )
-    guard = FiniteLossGuard()
-    every = run.trainer.checkpoint_every_n_steps
-    resumer = ResumeCheckpoint(run_dir / "checkpoints", every)
-    all_callbacks = [checkpoint, guard, *build_callbacks(run), *callbacks, resumer]
-    if run.trainer.enable_progress_bar:
-        all_callbacks.append(RichProgressBar())
-    trainer = L.Trainer(
-        **run.trainer.model_dump(exclude={"checkpoint_every_n_steps", "compile", "precision"}),
-        precision=_precision(run, logger),
-        logger=logger,
-        callbacks=all_callbacks,
-        default_root_dir=run_dir,
-    )
-    return trainer, checkpoint
-
-
-def _precision(run: RunConfig, logger: Any) -> str:
-    """`trainer.precision`, with `auto` resolved for this machine (and logged when it was)."""
-    precision = resolve_precision(run.trainer.precision, run.trainer.accelerator)
-    if run.trainer.precision == "auto":
-        logger.log_hyperparams({"trainer.precision_used": precision})
-    return precision
-
-
-def save_outputs(
-    module: Any,
-    datamodule: Any,
-    resolved: dict,
-    run_dir: Path,
-    metrics: dict[str, float],
-    logger: Any,
-) -> None:
-    """Write config, label map, test metrics and the exported model; log them to MLflow."""
-    files = {
-        "config.yaml": OmegaConf.to_yaml(OmegaConf.create(resolved)),
-        "test_metrics.json": json.dumps(metrics, indent=2),
-    }
-    if datamodule.labels:
-        files["label_map.json"] = json.dumps(dict(enumerate(datamodule.labels)), indent=2)
-    for name, text in files.items():
-        (run_dir / name).write_text(text)
-        logger.experiment.log_artifact(logger.run_id, str(run_dir / name))
-    if resolved["export"]["save_model"]:
-        folder = module.export(run_dir / "export")
-        datamodule.tokenizer.save_pretrained(folder)
-        if resolved["logger"]["log_model"]:
-            from tunelab.serving.mlflow_model import log_run_model
-
-            log_run_model(logger, datamodule, resolved, folder)
-        if resolved["export"]["merge"]:
-            _save_merged(module, datamodule, resolved, folder, logger)
-
-
-def _save_merged(module: Any, datamodule: Any, resolved: dict, adapter: Path, logger: Any) -> None:
-    """`export.merge=true`: write (and log) base + adapter merged into plain weights.
-
-    Last of the outputs: the adapter is merged into the module's own weights, in place.
+    Attributes:
+        callbacks: extra Lightning callbacks (e.g. a sweep's pruning callback).
+        parent_run_id: log as a nested MLflow child run of this run (sweep trials, compare).
+        run_dir: output folder (made unique); default `<output_root>/<name>/<timestamp>`.
+        previous: an interrupted attempt to continue (default for a plain run:
+            `tunelab.run.resume.select`'s pick).
     """
-    from tunelab.run.merge import export_merged
 
-    merged = export_merged(module, adapter, adapter.parent / "merged")
-    if merged is None:
-        return
-    datamodule.tokenizer.save_pretrained(merged)
-    if resolved["logger"]["log_model"]:
-        logger.experiment.log_artifacts(logger.run_id, str(merged), artifact_path="merged_model")
+    callbacks: list = field(default_factory=list)
+    parent_run_id: str | None = None
+    run_dir: Path | None = None
+    previous: resume.Previous | None = None
 
-
-def _log_start(logger: Any, resolved: dict[str, Any], module: Any) -> None:
-    trainable, total = module.parameter_counts
-    logger.log_hyperparams(run_info.run_params(resolved))
-    logger.log_metrics(
-        {
-            "params/trainable": trainable,
-            "params/total": total,
-            "params/trainable_pct": 100.0 * trainable / max(total, 1),
-        },
-        step=0,
-    )
+    @property
+    def plain(self) -> bool:
+        """A run started from the command line on its own (it may continue an earlier one)."""
+        return self.previous is None and self.run_dir is None and self.parent_run_id is None
 
 
-def run_experiment(
-    cfg: DictConfig,
-    run: RunConfig,
-    *,
-    callbacks: list | None = None,
-    parent_run_id: str | None = None,
-    run_dir: Path | None = None,
-    previous: resume.Previous | None = None,
-) -> RunResult:
-    """Fit, validate each epoch, test with the best checkpoint, export and log one experiment.
+class Run:
+    """Fit, validate each epoch, test the best checkpoint, export and log one experiment.
 
     Args:
-        cfg: the composed config (resolved here).
-        run: the same config, validated.
-        callbacks: extra Lightning callbacks (e.g. a sweep's pruning callback).
-        parent_run_id: log as a nested MLflow child run of this run (sweep trials).
-        run_dir: output folder (made unique); default `<output_root>/<name>/<timestamp>`.
-        previous: an interrupted attempt to continue (default: `tunelab.run.resume.select`'s pick).
+        config: the validated config.
+        options: how the run was started (see `RunOptions`).
     """
-    started, resolved = time.time(), OmegaConf.to_container(cfg, resolve=True)
-    runtime_checks.before_run(run)
-    if previous is None and run_dir is None and parent_run_id is None:  # a plain run.py run
-        previous = rank_zero_previous(lambda: resume.select(run, resolved), resume.Previous)
-    with signals.graceful_stop():
-        datamodule, module = build_data_and_module(run)
-        run_dir = (
-            previous.run_dir if previous else shared_run_dir(run_dir, partial(make_run_dir, run))
+
+    def __init__(self, config: RunConfig, options: RunOptions | None = None):
+        self.config, self.options = config, options or RunOptions()
+        self.resolved = config.as_dict()  # plain data, once: MLflow params, config.yaml, resume
+        self.started = time.time()
+        self.previous = self.options.previous
+        self.datamodule: Any = None
+        self.module: Any = None
+        self.logger: Any = None
+        self.trainer: Any = None
+        self.checkpoint: Any = None
+        self.run_dir = Path()
+        self.counts = (0, 0)
+        self.metrics: dict[str, float] = {}
+        self.best = ""
+
+    def setup(self) -> None:
+        """Data, module, run folder and MLflow run (the interrupted ones when continuing)."""
+        self.datamodule, self.module = build_data_and_module(self.config)
+        self.counts = self.module.parameter_counts  # before `export.merge` folds the adapter
+        planned = partial(make_run_dir, self.config)
+        self.run_dir = (
+            self.previous.run_dir
+            if self.previous
+            else shared_run_dir(self.options.run_dir, planned)
         )
-        logger = tracking.make_logger(resolved, parent_run_id, previous and previous.run_id)
-        resume.mark_running(run_dir, logger.run_id, resolved)
-        try:
-            trainer, _ = build_trainer(run, run_dir, logger, callbacks or [])
-            counts = module.parameter_counts  # before `export.merge` folds the adapter into it
-            metrics, best = _fit_logged(trainer, module, datamodule, resolved, previous, logger)
-            wall = run_info.finish(logger, resolved, metrics, counts, started)
-        except BaseException as err:
-            raise resume.stopped(err, logger, run_dir) from None
-    logger.finalize("success")
-    resume.finished(run_dir)
-    return RunResult(metrics, logger.run_id, logger.experiment_id, run_dir, *counts, wall, best)
+        continued = self.previous and self.previous.run_id
+        self.logger = tracking.make_logger(self.resolved, self.options.parent_run_id, continued)
+        resume.mark_running(self.run_dir, self.logger.run_id, self.resolved)
+
+    def fit(self) -> None:
+        """Log the run's start (unless it continues one), then train with validation."""
+        self.trainer, self.checkpoint = build_trainer(
+            self.config, self.run_dir, self.logger, self.options.callbacks
+        )
+        if self.previous is None:  # a continued run logged these already
+            self._log_start()
+        resume_from = self.previous.checkpoint if self.previous else None
+        self.trainer.fit(
+            self.module, datamodule=self.datamodule, ckpt_path=resume_from, weights_only=True
+        )
+        signals.requested().check()  # a signal during the last validation: stop before testing
+
+    def test(self) -> None:
+        """Test the best checkpoint (`trainer.limit_test_batches=0` leaves the test split alone)."""
+        self.best = self.checkpoint.best_model_path or ""
+        tested = self.trainer.test(
+            self.module,
+            datamodule=self.datamodule,
+            ckpt_path=self.best or None,
+            verbose=False,
+            weights_only=True,
+        )
+        self.metrics = tested[0] if tested else {}
+
+    def export(self) -> None:
+        """Write config, label map, test metrics and the model (rank 0 only); log them."""
+        if not self.trainer.is_global_zero:  # one copy, whatever the number of processes
+            return
+        module = exportable(self.trainer, self.module, self.best or None)  # FSDP: whole
+        files = {
+            "config.yaml": _yaml(self.resolved),
+            "test_metrics.json": json.dumps(self.metrics, indent=2),
+        }
+        if self.datamodule.labels:
+            files["label_map.json"] = json.dumps(dict(enumerate(self.datamodule.labels)), indent=2)
+        for name, text in files.items():
+            (self.run_dir / name).write_text(text)
+            self.logger.experiment.log_artifact(self.logger.run_id, str(self.run_dir / name))
+        if self.config.export.save_model:
+            self._save_model(module)
+
+    def close(self) -> RunResult:
+        """Mark the MLflow run FINISHED and the run folder done; the run's result."""
+        self.logger.finalize("success")
+        resume.finished(self.run_dir)
+        run_id, experiment_id = self.logger.run_id, self.logger.experiment_id
+        wall = time.time() - self.started
+        return RunResult(
+            self.metrics, run_id, experiment_id, self.run_dir, *self.counts, wall, self.best
+        )
+
+    def check(self) -> None:
+        """The machine, the model's architecture and what to resume, before anything loads.
+
+        Raises:
+            ConfigError: every problem found, in one listing.
+        """
+        problems: list[str] = []
+        machine.check_machine(self.config, problems)
+        preflight(self.config, problems)
+        if self.options.plain:
+            select = partial(resume.select, self.config, self.resolved)
+            try:
+                self.previous = rank_zero_previous(select, resume.Previous)
+            except ConfigError as err:
+                problems += err.problems
+        if problems:
+            raise ConfigError(problems)
+
+    def execute(self) -> RunResult:
+        """Check, set up, fit, test, export, close; a failure or signal leaves it resumable."""
+        self.check()
+        with signals.graceful_stop():
+            self.setup()
+            try:
+                self.fit()
+                self.test()
+                self.export()
+                run_info.finish(self.logger, self.resolved, self.metrics, self.counts, self.started)
+            except BaseException as err:
+                raise resume.stopped(err, self.logger, self.run_dir) from None
+        return self.close()
+
+    def _log_start(self) -> None:
+        trainable, total = self.counts
+        self.logger.log_hyperparams(run_info.run_params(self.resolved))
+        self.logger.log_metrics(
+            {
+                "params/trainable": trainable,
+                "params/total": total,
+                "params/trainable_pct": 100.0 * trainable / max(total, 1),
+            },
+            step=0,
+        )
+        rows = run_info.split_rows(self.datamodule)
+        client, run_id = self.logger.experiment, self.logger.run_id
+        run_info.log_datasets(client, run_id, self.resolved["data"], rows)
+
+    def _save_model(self, module: Any) -> None:
+        """The export folder with its `model_info.json`; logged as an MLflow Model; merged."""
+        from tunelab.serving.inference import model_info, write_info
+
+        folder = module.export(self.run_dir / "export")
+        self.datamodule.tokenizer.save_pretrained(folder)
+        write_info(folder, model_info(self.config, self.datamodule.labels))
+        if self.config.logger.log_model:
+            from tunelab.serving.mlflow_model import log_run_model
+
+            example = self.config.task.examples(self.datamodule)
+            log_run_model(self.logger, self.config, folder, example)
+        if self.config.export.merge:
+            self._save_merged(module, folder)
+
+    def _save_merged(self, module: Any, adapter: Path) -> None:
+        """`export.merge=true`: write (and log) base + adapter merged into plain weights.
+
+        Last of the outputs: the adapter is merged into the module's own weights, in place.
+        """
+        from tunelab.run.merge import export_merged
+        from tunelab.serving.inference import model_info, write_info
+
+        merged = export_merged(module, adapter, adapter.parent / "merged")
+        if merged is None:
+            return
+        self.datamodule.tokenizer.save_pretrained(merged)
+        write_info(merged, model_info(self.config, self.datamodule.labels))
+        if self.config.logger.log_model:
+            run_id = self.logger.run_id
+            self.logger.experiment.log_artifacts(run_id, str(merged), artifact_path="merged_model")
 
 
-def _fit_logged(
-    trainer: Any,
-    module: Any,
-    datamodule: Any,
-    resolved: dict[str, Any],
-    previous: resume.Previous | None,
-    logger: Any,
-) -> tuple[dict[str, float], str]:
-    """Log the run's start (unless it continues `previous`), then fit, test and save.
+def _yaml(tree: dict[str, Any]) -> str:
+    from omegaconf import OmegaConf
 
-    `logger` is the run's MLflow logger: with `trainer.fast_dev_run` Lightning swaps
-    `trainer.logger` for a dummy, and the run's start and outputs are still logged.
-    """
-    if previous is None:  # a continued run logged these already
-        _log_start(logger, resolved, module)
-        rows = run_info.split_rows(datamodule)
-        run_info.log_datasets(logger.experiment, logger.run_id, resolved["data"], rows)
-    resume_from = previous.checkpoint if previous else None
-    run_dir = Path(trainer.default_root_dir)
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    [checkpoint] = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]  # best model
-    return _fit_test_save(
-        trainer, checkpoint, module, datamodule, resolved, run_dir, resume_from, logger
-    )
+    return OmegaConf.to_yaml(OmegaConf.create(tree))
 
 
-def build_data_and_module(run: RunConfig) -> tuple[Any, Any]:
-    """Check the architecture, seed, then the prepared datamodule and the module for its labels."""
-    import lightning as L
-
-    preflight(run)
-    L.seed_everything(run.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(run)
-    datamodule.setup("fit")
-    module = build_module(run, datamodule.labels, datamodule.out_of_scope)
-    if run.trainer.compile:
-        compiled(module.model)
-    return datamodule, module
-
-
-def _fit_test_save(
-    trainer: Any,
-    checkpoint: Any,
-    module: Any,
-    datamodule: Any,
-    resolved: dict,
-    run_dir: Path,
-    resume_from: str | None,
-    logger: Any,
-) -> tuple[dict[str, float], str]:
-    """Fit (from `resume_from` when continuing), test the best checkpoint, write the outputs.
-
-    Returns:
-        The test metrics and the best checkpoint's path.
-    """
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    signals.requested().check()  # a signal during the last validation: stop before testing
-    best = checkpoint.best_model_path or None
-    # trainer.limit_test_batches=0 leaves the test split unseen (recipe selection on val/*)
-    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-    metrics = tested[0] if tested else {}
-    if trainer.is_global_zero:  # one copy of the outputs, whatever the number of processes
-        exported = exportable(trainer, module, best)  # FSDP/DeepSpeed: the best checkpoint, whole
-        save_outputs(exported, datamodule, resolved, run_dir, metrics, logger)
-    return metrics, best or ""
+def run_experiment(run: RunConfig, **options: Any) -> RunResult:
+    """Run one experiment; `options` are `RunOptions` fields (callbacks, parent_run_id, ...)."""
+    return Run(run, RunOptions(**options)).execute()

@@ -22,6 +22,7 @@ from typing import Any
 from tunelab.base.errors import ConfigError
 from tunelab.base.schema import RunConfig
 from tunelab.run.distributed import is_rank_zero
+from tunelab.tracking.run_info import flatten
 
 STATE_FILE = "run.json"
 CHECKPOINT = Path("checkpoints") / "resume.ckpt"
@@ -38,18 +39,9 @@ class Previous:
     checkpoint: str | None
 
 
-def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"method": {"r": 8}}` -> `{"method.r": 8}`."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        flat |= flat_config(value, path) if isinstance(value, dict) else {path: value}
-    return flat
-
-
 def comparable(resolved: dict[str, Any]) -> dict[str, Any]:
     """The flat config two attempts of one run must share (as JSON keeps it: lists, not tuples)."""
-    flat = json.loads(json.dumps(flat_config(resolved), default=str))
+    flat = json.loads(json.dumps(flatten(resolved), default=str))
     return {k: v for k, v in flat.items() if k not in IGNORED}
 
 

@@ -15,7 +15,8 @@ import time
 from functools import cache
 from typing import Any
 
-GPU_ACCELERATORS = ("gpu", "cuda", "auto")
+from tunelab.base.schema import CUDA_ACCELERATORS
+
 CPU_BF16_GAIN = 1.5  # bf16 GEMM / fp32 GEMM throughput at which bf16-mixed steps paid
 
 
@@ -41,7 +42,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
         return precision
     import torch
 
-    if accelerator in GPU_ACCELERATORS and torch.cuda.is_available():
+    if accelerator in (*CUDA_ACCELERATORS, "auto") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     return "bf16-mixed" if cpu_bf16_gain() >= CPU_BF16_GAIN else "32-true"
 

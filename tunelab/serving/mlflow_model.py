@@ -14,70 +14,44 @@ training run's `model.name_or_path`, which must be reachable where the model is 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 from tunelab.config.compose import REPO_ROOT
-from tunelab.serving.inference import DECODING
 
 log = logging.getLogger(__name__)
 LOGGING_FLAG = "TUNELAB_LOGGING_MODEL"
-CODE = ("tunelab", "modules", "datamodules")
+CODE = ("tunelab", "tasks", "modules", "datamodules")
 REQUIREMENTS = ("torch", "transformers", "peft", "safetensors", "hydra-core", "pydantic", "pandas")
 
 
-# MLflow suggests type hints on `predict` to infer a signature; tunelab gives the signature
-warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
-
-
 class TunelabModel(mlflow.pyfunc.PythonModel):
-    """A tunelab export served by MLflow; artifact `info` holds its `inference.model_info`."""
+    """A tunelab export served by MLflow: artifact `export`, whose `model_info.json` says all."""
 
     def load_context(self, context: Any) -> None:
         """Load the export folder once."""
-        from tunelab.serving.inference import Predictor
+        from tunelab.serving.inference import Predictor, plugin, read_info
 
-        self.info = json.loads(Path(context.artifacts["info"]).read_text())
-        self.predictor = None
-        if not os.environ.get(LOGGING_FLAG):
-            self.predictor = Predictor(context.artifacts["export"], self.info)
+        folder = Path(context.artifacts["export"])
+        self.info = read_info(folder)
+        self.outputs = list(plugin("task", self.info["task"]).output_columns)
+        self.predictor = None if os.environ.get(LOGGING_FLAG) else Predictor(folder, self.info)
 
-    def predict(self, context, model_input, params=None):  # no hints: MLflow reads them
-        """Predict for a DataFrame of rows; returns a DataFrame (one row per input row)."""
-        import pandas as pd
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
+        """Predict for a DataFrame of rows; returns a DataFrame (one row per input row).
 
+        `model_input` is typed as a DataFrame, which MLflow takes as "no signature inference":
+        the signature is the task's own.
+        """
         rows = pd.DataFrame(model_input).to_dict(orient="records")
-        params = {k: v for k, v in (params or {}).items() if k in DECODING}
         if self.predictor is None:  # the input-example check while logging: schema only
-            outputs = ["label", "probability"] if self.info["kind"] == "classifier" else []
-            return pd.DataFrame(columns=outputs or ["generation"])
-        return pd.DataFrame(self.predictor.predict(rows, **params))
-
-
-def signature(info: dict[str, Any]) -> Any:
-    """Input and output columns (and decoding params for generators)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    if info["kind"] == "classifier":
-        inputs = Schema([ColSpec("string", "text")])
-        outputs = Schema([ColSpec("string", "label"), ColSpec("double", "probability")])
-        return ModelSignature(inputs, outputs)
-    inputs = Schema([ColSpec("string", "instruction"), ColSpec("string", "input", required=False)])
-    params = ParamSchema(
-        [
-            ParamSpec("max_new_tokens", "long", 64),
-            ParamSpec("do_sample", "boolean", False),
-            ParamSpec("temperature", "double", 1.0),
-        ]
-    )
-    return ModelSignature(inputs, Schema([ColSpec("string", "generation")]), params)
+            return pd.DataFrame(columns=self.outputs)
+        return pd.DataFrame(self.predictor.predict(rows, **dict(params or {})))
 
 
 def _requirements() -> list[str]:
@@ -106,9 +80,7 @@ def log_model(
     # once more (minutes for a 7B decoder): while logging, the check predicts without weights
     os.environ[LOGGING_FLAG] = "1"
     try:
-        with warnings.catch_warnings():  # "add type hints to predict": the signature is given
-            warnings.simplefilter("ignore", UserWarning)
-            _log(run_id, folder, info, example)
+        _log(run_id, folder, info, example)
     finally:
         os.environ.pop(LOGGING_FLAG, None)
     return f"runs:/{run_id}/model"
@@ -118,8 +90,7 @@ def _log(run_id: str, folder: Path, info: dict[str, Any], example: list[dict]) -
     import mlflow
     from mlflow.models import Model
 
-    info_file = folder.parent / "model_info.json"
-    info_file.write_text(json.dumps(info, indent=2))
+    from tunelab.serving.inference import plugin
 
     Model.log(
         None,
@@ -127,9 +98,9 @@ def _log(run_id: str, folder: Path, info: dict[str, Any], example: list[dict]) -
         flavor=mlflow.pyfunc,
         run_id=run_id,
         python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-        artifacts={"export": str(folder), "info": str(info_file)},
+        artifacts={"export": str(folder)},
         code_paths=[str(REPO_ROOT / name) for name in CODE],
-        signature=signature(info),
+        signature=plugin("task", info["task"]).signature(),
         input_example=example[:3] or None,
         pip_requirements=_requirements(),
     )
@@ -147,25 +118,21 @@ def register(tracking_uri: str, run_id: str, name: str, alias: str | None = None
     return int(version)
 
 
-def examples(datamodule: Any, kind: str, n: int = 3) -> list[dict[str, str]]:
-    """A few test inputs in the model's input format (the logged input example)."""
-    if kind == "classifier":
-        ids = datamodule.splits["test"][:n]["input_ids"]
-        texts = datamodule.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return [{"text": text} for text in texts]
-    records = getattr(datamodule, "records", {}).get("test", [])[:n]
-    return [{"instruction": r["instruction"], "input": r.get("input") or ""} for r in records]
+def log_run_model(logger: Any, run: Any, folder: Path, example: list[dict]) -> None:
+    """Log a run's export folder as its MLflow Model; register it when `logger.register_as` is set.
 
-
-def log_run_model(logger: Any, datamodule: Any, resolved: dict[str, Any], folder: Path) -> None:
-    """Log a run's export as its MLflow Model; register it when `logger.register_as` is set."""
-    from tunelab.serving.inference import model_info
+    Args:
+        logger: the run's MLflow logger.
+        run: the run's validated config.
+        folder: the export folder (with its `model_info.json`).
+        example: a few inputs in the prediction format.
+    """
+    from tunelab.serving.inference import read_info
     from tunelab.tracking.store import absolute_uri
 
-    uri = absolute_uri(resolved["logger"]["tracking_uri"])
-    info = model_info(resolved, datamodule.labels)
-    log_model(uri, logger.run_id, folder, info, examples(datamodule, info["kind"]))
-    name = resolved["logger"].get("register_as")
+    uri = absolute_uri(run.logger.tracking_uri)
+    log_model(uri, logger.run_id, folder, read_info(folder), example)
+    name = run.logger.register_as
     if name:
         version = register(uri, logger.run_id, name)
         log.info("registered %s version %d", name, version)

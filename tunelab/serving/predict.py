@@ -11,7 +11,6 @@ Classifiers write `label` and `probability` per row, generators `generation`; th
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -98,24 +97,6 @@ def write_rows(frame: Any, path: str) -> None:
         frame.to_json(file, orient="records", lines=file.suffix == ".jsonl", force_ascii=False)
 
 
-def _export_info(folder: Path) -> dict[str, Any]:
-    """`model_info` of an export folder, from the run folder's config.yaml and label map."""
-    from omegaconf import OmegaConf
-
-    from tunelab.serving.inference import model_info
-
-    config = folder.parent / "config.yaml"
-    if not config.is_file():
-        raise SourceError(
-            f"source={folder}: no config.yaml beside this folder; pass a run's export folder "
-            "(<run folder>/export), runs:/<run_id>/model or models:/<name>@<alias>"
-        )
-    resolved = OmegaConf.to_container(OmegaConf.load(config), resolve=False)
-    label_map = folder.parent / "label_map.json"
-    labels = list(json.loads(label_map.read_text()).values()) if label_map.exists() else None
-    return model_info(resolved, labels)
-
-
 def load_predictor(source: str, tracking_uri: str | None) -> Any:
     """The `Predictor` of an export folder, a `runs:/` or a `models:/` URI."""
     from tunelab.serving.inference import Predictor
@@ -136,12 +117,14 @@ def load_predictor(source: str, tracking_uri: str | None) -> Any:
             ) from err
         return model.unwrap_python_model().predictor
     folder = Path(source)
+    if (folder / "export").is_dir():  # a run folder: its export
+        folder = folder / "export"
     if not folder.is_dir():
         raise SourceError(
             f"source={source}: unknown source; expected an export folder, runs:/<run_id>/model "
             "or models:/<name>@<alias> (or models:/<name>/<version>)"
         )
-    return Predictor(folder, _export_info(folder))
+    return Predictor(folder)
 
 
 def default_tracking_uri() -> str:
@@ -151,9 +134,9 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
 
 
-def _columns(frame: Any, args: PredictArgs, kind: str) -> list[dict[str, Any]]:
-    """Rows renamed to the model's input columns (`text`, or `instruction` + `input`)."""
-    main = "text" if kind == "classifier" else "instruction"
+def _columns(frame: Any, args: PredictArgs, task: Any) -> list[dict[str, Any]]:
+    """Rows renamed to the task's input columns (`text`, or `instruction` + optional `input`)."""
+    main = task.input_columns[0]
     column = args.text_column or main
     if column not in frame.columns:
         raise DataError(
@@ -161,7 +144,7 @@ def _columns(frame: Any, args: PredictArgs, kind: str) -> list[dict[str, Any]]:
             f"set text_column=<the column holding the {main}>"
         )
     renamed = {column: main}
-    if kind == "generator" and args.input_column in frame.columns:
+    if "input" in task.optional_columns and args.input_column in frame.columns:
         renamed[args.input_column] = "input"
     rows = frame[list(renamed)].rename(columns=renamed)
     return rows.fillna("").astype(str).to_dict(orient="records")  # an empty cell: no input
@@ -178,7 +161,7 @@ def predict(args: PredictArgs) -> tuple[Any, float]:
         raise DataError(f"output={args.output}: unknown format; use one of {', '.join(FORMATS)}")
     frame = read_rows(args.input)
     predictor = load_predictor(args.source, args.tracking_uri)
-    rows = _columns(frame, args, predictor.info["kind"])
+    rows = _columns(frame, args, predictor.task)
     decoding = {
         "max_new_tokens": args.max_new_tokens,
         "do_sample": args.do_sample,

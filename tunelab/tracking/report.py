@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import os
 
-from omegaconf import DictConfig
-
 from tunelab.base.schema import RunConfig
 
 
@@ -73,12 +71,12 @@ def print_summary(run: RunConfig, result) -> None:
     console.print(run_link(result.experiment_id, result.run_id), soft_wrap=True)
 
 
-def run_and_report(cfg: DictConfig, run: RunConfig) -> None:
+def run_and_report(run: RunConfig) -> None:
     """Run the experiment and print the summary."""
     quiet_libraries()
     from tunelab.run.distributed import is_rank_zero
     from tunelab.run.pipeline import run_experiment
 
-    result = run_experiment(cfg, run)
+    result = run_experiment(run)
     if is_rank_zero():  # one summary, whatever the number of processes
         print_summary(run, result)

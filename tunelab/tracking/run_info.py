@@ -15,6 +15,7 @@ from typing import Any
 # keys that say nothing about the model or how it trained
 NOISE = {
     "name",
+    "task.callbacks",
     "output_root",
     "data.root",
     "data.num_workers",
@@ -38,9 +39,16 @@ NOISE = {
 }
 QUANT_DETAILS = ("model.double_quant", "model.compute_dtype", "model.quant_storage")
 GENERIC_FOLDERS = {"model", "models", "export", "merged", "merged_model", "weights", "checkpoint"}
-KEPT_GROUPS = ("method", "optim", "model", "data", "trainer", "seed")
+KEPT_GROUPS = ("task", "method", "optim", "model", "data", "trainer", "seed")
 NAME_KEYS = ("method.r", "optim.lr")  # always in a run name when the method has them
-HYPER_PREFIXES = ("method.", "optim.", "model.quantize", "trainer.max_epochs", "seed")
+HYPER_PREFIXES = (
+    "method.",
+    "optim.",
+    "task.label_smoothing",
+    "model.quantize",
+    "trainer.max_epochs",
+    "seed",
+)
 SHORT = {"trainer.max_epochs": "epochs", "model.quantize": "quant"}
 
 
@@ -151,12 +159,12 @@ def description(
 
 
 def _digest(split: Any) -> str:
-    """A short fingerprint of one split's contents."""
-    fingerprint = getattr(split, "_fingerprint", None)
-    if fingerprint:
-        return str(fingerprint)[:12]
-    rows = list(split)
-    blob = json.dumps([rows[:50], rows[-50:], len(rows)], sort_keys=True, default=str)
+    """A short fingerprint of one split: its first and last 50 rows and its length.
+
+    Works on a list of records and on a `datasets.Dataset` alike (slices of both are plain data).
+    """
+    n = len(split)
+    blob = json.dumps([split[:50], split[max(n - 50, 0) :], n], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -170,12 +178,13 @@ def log_datasets(client: Any, run_id: str, data: dict[str, Any], splits: dict[st
     source = _source(data)
     inputs = []
     for split, rows in splits.items():
-        dataset = MetaDataset(source, name=f"{data['name']}-{split}", digest=_digest(rows))
+        described = MetaDataset(source, name=f"{data['name']}-{split}", digest=_digest(rows))
+        fields = described.to_dict()  # name, digest, source, source_type
         entity = DatasetEntity(
-            name=dataset.name,
-            digest=dataset.digest,
-            source_type=source._get_source_type(),
-            source=source.to_json(),
+            name=fields["name"],
+            digest=fields["digest"],
+            source_type=fields["source_type"],
+            source=fields["source"],
             profile=json.dumps({"num_rows": len(rows)}),
         )
         inputs.append(DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, split)]))

@@ -1,0 +1,105 @@
+"""Sequence classification: an encoder with a classification head over a fixed set of labels.
+
+Trained with cross-entropy (optionally label-smoothed), measured by accuracy and macro-F1 (with
+an out-of-scope class: in-scope accuracy and out-of-scope recall apart, as Larson et al. 2019),
+served as `text` -> `label`, `probability`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from tunelab.base.plugin import Labels, TaskConfig
+
+
+class SequenceClassification(TaskConfig):
+    """Text in, one of the dataset's labels out."""
+
+    auto_model: ClassVar[str] = "transformers.AutoModelForSequenceClassification"
+    peft_task_type: ClassVar[str] = "SEQ_CLS"
+    data_family: ClassVar[str] = "classification"
+    trains_head: ClassVar[bool] = True
+    input_columns: ClassVar[tuple[str, ...]] = ("text",)
+    output_columns: ClassVar[tuple[str, ...]] = ("label", "probability")
+
+    monitor: str = "val/acc"
+    mode: Literal["min", "max"] = "max"
+    # the training loss against (1 - s) one-hot + s uniform targets (Szegedy et al. 2016; HF
+    # Trainer's label_smoothing_factor); validation and test losses stay unsmoothed
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+
+    def model_kwargs(self, labels: list[str] | None) -> dict[str, Any]:
+        """The label maps of the classification head."""
+        names = list(labels or [])
+        return {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {name: i for i, name in enumerate(names)},
+        }
+
+    def loss(self, outputs: Any, batch: dict[str, Any]) -> Any:
+        """Cross-entropy, label-smoothed when `label_smoothing` is set."""
+        if not self.label_smoothing:
+            return outputs.loss
+        import torch
+
+        return torch.nn.functional.cross_entropy(
+            outputs.logits.float(), batch["labels"], label_smoothing=self.label_smoothing
+        )
+
+    def metrics(self, labels: Labels | None) -> dict[str, Any]:
+        """Accuracy and macro-F1; in-scope accuracy and out-of-scope recall with an OOS class."""
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+        from tunelab.base.metrics import ClassRecall, InScopeAccuracy
+
+        n = len(labels.names) if labels else 0
+        found = {
+            "acc": MulticlassAccuracy(num_classes=n, average="micro"),
+            "f1": MulticlassF1Score(num_classes=n, average="macro"),
+        }
+        oos = labels.out_of_scope_index if labels else None
+        if oos is not None:
+            found |= {"in_scope_acc": InScopeAccuracy(oos), "oos_recall": ClassRecall(oos)}
+        return found
+
+    def metric_inputs(self, outputs: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+        """Predicted and true class ids."""
+        return outputs.logits.argmax(dim=-1), batch["labels"]
+
+    def predict(self, predictor: Any, rows: list[dict[str, Any]], options: dict) -> list[dict]:
+        """The most probable label and its probability per row."""
+        import torch
+
+        texts = [str(row["text"]) for row in rows]
+        batch = predictor.tokenizer(
+            texts,
+            truncation=True,
+            max_length=predictor.info["max_length"],
+            padding=True,
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            probs = torch.softmax(predictor.model(**batch).logits.float(), dim=-1)
+        best, index = probs.max(dim=-1)
+        labels = predictor.info["labels"]
+        return [
+            {"label": labels[i] if labels else str(i), "probability": float(p)}
+            for p, i in zip(best.tolist(), index.tolist(), strict=True)
+        ]
+
+    def signature(self) -> Any:
+        """`text` in; `label` and `probability` out."""
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        outputs = Schema([ColSpec("string", "label"), ColSpec("double", "probability")])
+        return ModelSignature(Schema([ColSpec("string", "text")]), outputs)
+
+    def examples(self, datamodule: Any, n: int = 3) -> list[dict[str, Any]]:
+        """The first test texts, decoded from the prepared split."""
+        ids = datamodule.splits["test"][:n]["input_ids"]
+        texts = datamodule.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [{"text": text} for text in texts]
