@@ -87,7 +87,6 @@ def _dummy_tokenizer():
 def worker(method: str, folder: Path, steps: int, seq: int, checkpointing: bool) -> dict:
     """Load the model through the method's module and train `steps` steps; measure memory."""
     import torch
-    from hydra.utils import get_class
     from omegaconf import OmegaConf
 
     from tunelab.base.schema import ModelConfig, OptimConfig
@@ -98,7 +97,6 @@ def worker(method: str, folder: Path, steps: int, seq: int, checkpointing: bool)
     torch.manual_seed(0)
     model_cfg = {
         "name_or_path": str(folder),
-        "task": "causal_lm",
         "max_length": seq,
         "dtype": "float32",
         "gradient_checkpointing": checkpointing,
@@ -107,10 +105,13 @@ def worker(method: str, folder: Path, steps: int, seq: int, checkpointing: bool)
     name, fields, _ = METHODS[method]
     raw = OmegaConf.to_container(OmegaConf.load(GROUP_DIRS["method"] / f"{name}.yaml"))
     config = check_plugin("method", raw | fields, [])
+    task_raw = OmegaConf.to_container(OmegaConf.load(GROUP_DIRS["task"] / "causal_lm.yaml"))
+    task = check_plugin("task", task_raw, [])
     started = time.perf_counter()
-    module = get_class(config.lightning_module)(
-        config, ModelConfig.model_validate(model_cfg), OptimConfig(lr=1e-4)
-    )
+    from tunelab.run.module import FineTuneModule
+
+    model = ModelConfig.model_validate(model_cfg)
+    module = FineTuneModule(task, config, model, OptimConfig(lr=1e-4))
     load_s, load_peak = time.perf_counter() - started, sampler.reset()
     trainable, total = module.parameter_counts
     params = [p for p in module.model.parameters() if p.requires_grad]

@@ -86,9 +86,9 @@ def run_one(args: argparse.Namespace) -> dict:
 
     contender, model, method, mode = args.one
     total = args.warmup + args.steps
-    cfg, run = load_config(overrides(model, method, mode, args.workdir, total, args.extra))
+    _, run = load_config(overrides(model, method, mode, args.workdir, total, args.extra))
     if contender == "tunelab":
-        times, counted, trained = loops.run_tunelab(cfg, run)
+        times, counted, trained = loops.run_tunelab(run)
     elif contender == "plain":
         times, counted, trained = loops.run_plain(run, total, mode)
     else:

@@ -73,19 +73,19 @@ def prepared(run: Any) -> tuple[Any, Any, Any]:
     """Seed, then tunelab's datamodule (set up), module and the training split."""
     import lightning as L
 
-    from tunelab.run.pipeline import build_datamodule, build_module
+    from tunelab.run.build import build_datamodule, build_module, labels_of
 
     L.seed_everything(run.seed, verbose=False)
     datamodule = build_datamodule(run)
     datamodule.setup("fit")
-    module = build_module(run, datamodule.labels, datamodule.out_of_scope)
+    module = build_module(run, labels_of(datamodule))
     return datamodule, module, datamodule.splits["train"]
 
 
 Timed = tuple[StepTimes, Counted, torch.nn.Module]  # step times, batches, the trained model
 
 
-def run_tunelab(cfg: Any, run: Any) -> Timed:
+def run_tunelab(run: Any) -> Timed:
     """The tunelab pipeline (`run_experiment`), timed by a callback; validation/test off."""
     from lightning.pytorch.callbacks import Callback
 

@@ -46,7 +46,7 @@ def untested_config(run_dir: Path) -> dict:
 def test_once(run_dir: Path) -> dict[str, float]:
     """Test `run_dir`'s best checkpoint and log the result into its MLflow run."""
     from tunelab.config.validate import validate
-    from tunelab.run.pipeline import build_data_and_module, build_trainer
+    from tunelab.run.build import build_data_and_module, build_trainer
     from tunelab.tracking import store as tracking
 
     checkpoint, config = best_checkpoint(run_dir), untested_config(run_dir)

@@ -19,6 +19,7 @@ from module_helpers import make_module, quantized_layers, task_config
 from torch import nn
 
 from tunelab.base.errors import ConfigError
+from tunelab.base.plugin import Labels
 from tunelab.config.compose import available
 from tunelab.config.validate import load_config
 
@@ -100,11 +101,11 @@ def trained(tmp_path_factory, tiny_bert: Path, intent_data: Path, teacher: Path)
 
 
 def build(method: str, tiny_bert: Path, intent_data: Path, teacher: Path):
-    from tunelab.run.pipeline import build_module
+    from tunelab.run.build import build_module
 
     extra = [f"method.teacher={teacher}"] if method == "distill" else []
     _, run = compose(method, tiny_bert, intent_data, *extra)
-    return build_module(run, LABELS)
+    return build_module(run, Labels(names=LABELS))
 
 
 def fixed_batch(tiny_bert: Path) -> dict[str, torch.Tensor]:
@@ -219,12 +220,12 @@ def test_dropout_is_on_in_training_steps_and_off_in_validation(method, trained):
 
 
 def test_config_overrides_replace_settings_of_the_models_own_config(tiny_bert, intent_data):
-    from tunelab.run.pipeline import build_module
+    from tunelab.run.build import build_module
 
     _, run = compose(
         "freeze", tiny_bert, intent_data, "+model.config_overrides.hidden_dropout_prob=0"
     )
-    module = build_module(run, LABELS)
+    module = build_module(run, Labels(names=LABELS))
     assert module.model.config.hidden_dropout_prob == 0
     hidden = [m for n, m in module.model.named_modules() if n.endswith("output.dropout")]
     assert hidden and all(m.p == 0 for m in hidden)  # attention dropout stays at the model's 0.1
@@ -232,10 +233,10 @@ def test_config_overrides_replace_settings_of_the_models_own_config(tiny_bert, i
 
 
 def test_label_smoothing_smooths_the_training_loss_only(tiny_bert, intent_data):
-    from tunelab.run.pipeline import build_module
+    from tunelab.run.build import build_module
 
-    _, run = compose("full", tiny_bert, intent_data, "optim.label_smoothing=0.2")
-    module = build_module(run, LABELS).eval()
+    _, run = compose("full", tiny_bert, intent_data, "task.label_smoothing=0.2")
+    module = build_module(run, Labels(names=LABELS)).eval()
     batch = fixed_batch(tiny_bert)
     with torch.no_grad():
         plain = module(**batch)
@@ -305,7 +306,7 @@ def build_base(tiny_bert: Path) -> nn.Module:
 
 def test_distill_teacher_from_an_mlflow_run_and_a_lora_checkpoint(trained, tiny_bert, intent_data):
     """`mlflow:<run_id>` downloads the run's `model` artifact; a LoRA `.ckpt` teacher is merged."""
-    from tunelab.run.pipeline import build_module
+    from tunelab.run.build import build_module
 
     full, _ = trained("full")
     lora, _ = trained("lora")
@@ -313,7 +314,7 @@ def test_distill_teacher_from_an_mlflow_run_and_a_lora_checkpoint(trained, tiny_
     for spec in (f"mlflow:{full.run_id}", trained.folder / lora.best_checkpoint):
         teacher = [f"method.teacher={spec}", f"method.tracking_uri={uri}"]
         _, run = compose("distill", tiny_bert, intent_data, *teacher)
-        module = build_module(run, LABELS)
+        module = build_module(run, Labels(names=LABELS))
         assert len(module.model.bert.encoder.layer) == 1
         assert not any(p.requires_grad for p in module.method._teacher.parameters())
         assert "teacher" not in dict(module.named_children())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,8 @@ def test_auto_precision_on_cpu_follows_the_measured_bf16_gain(monkeypatch, gain,
 
 def test_the_bf16_probe_measures_this_cpu():
     gain = speed.cpu_bf16_gain()
-    assert 0.05 < gain < 50  # a ratio of two real timings, whatever this CPU is
+    # a ratio of two real timings: positive and finite, whatever this CPU and its load are
+    assert math.isfinite(gain) and gain > 0
 
 
 def test_explicit_precision_is_kept():
