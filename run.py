@@ -37,13 +37,21 @@ def _first_comment(path: os.PathLike) -> str:
     return ""
 
 
-def describe() -> str:
-    """Usage plus every selectable option of every config group, with one-line descriptions."""
+def describe(width: int = 100) -> str:
+    """Usage plus every selectable option of every config group, each with its description.
+
+    Descriptions are wrapped at `width` columns, never cut.
+    """
+    import textwrap
+
     lines = [USAGE]
     for group, folder in GROUP_DIRS.items():
         lines.append(f"\n{group}= ")
         for name in available(group):
-            lines.append(f"  {name:<28} {_first_comment(folder / f'{name}.yaml')[:90]}")
+            text = _first_comment(folder / f"{name}.yaml")
+            wrapped = textwrap.wrap(text, width - 31) or [""]
+            lines.append(f"  {name:<28} {wrapped[0]}")
+            lines += [" " * 31 + more for more in wrapped[1:]]
     return "\n".join(lines)
 
 

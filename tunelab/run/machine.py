@@ -44,9 +44,21 @@ def check_accelerator(run: RunConfig, problems: list[str]) -> None:
         f"trainer.accelerator={run.trainer.accelerator}: experiment '{run.name}' asks for a "
         "CUDA GPU (its trainer preset, e.g. trainer=gpu in experiments/"
         f"{run.name}.yaml), but torch sees none (torch.cuda.is_available() is False).\n"
-        "Fix: run on this machine's CPU with trainer=cpu (add model.quantize=null for a "
-        "quantised recipe; slow for a 7B model), or start it on a machine with a CUDA GPU"
+        f"Fix: run on this machine's CPU with {cpu_overrides(run)} (slow for a 7B model), "
+        "or start it on a machine with a CUDA GPU"
     )
+
+
+def cpu_overrides(run: RunConfig) -> str:
+    """The overrides that move a GPU recipe onto the CPU, as they must be typed."""
+    overrides = ["trainer=cpu"]
+    if run.trainer.strategy != "auto":  # a recipe's FSDP/DeepSpeed/DDP strategy needs GPUs
+        overrides.append("trainer.strategy=auto")
+    if run.trainer.precision not in ("32-true", "32", "auto"):
+        overrides.append("trainer.precision=auto")
+    if run.model.quantize is not None:
+        overrides.append("model.quantize=null")
+    return " ".join(overrides)
 
 
 def check_output_root(run: RunConfig, problems: list[str]) -> None:

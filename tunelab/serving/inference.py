@@ -72,6 +72,9 @@ def load_model(folder: Path, info: dict[str, Any]) -> Any:
     """The trained model in eval mode, rebuilt from an export folder (see the module doc)."""
     from hydra.utils import get_class
 
+    from tunelab.base.models import gate_bitsandbytes
+
+    gate_bitsandbytes(False)  # nothing served is 4-bit: no bitsandbytes import or CPU notice
     task: TaskConfig = plugin("task", info["task"])
     method: MethodConfig = plugin("method", info["method"])
     auto = get_class(task.auto_model)
