@@ -9,10 +9,11 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from datamodules import common, prepared
+from datamodules import audit_view, common, prepared
 from datamodules.batching import grouped, length_grouped_sampler
 from datamodules.labels import encode_labels, label_names
 from datamodules.resumable import shuffled, training_loader
+from tunelab.audit import hook as audit_hook
 from tunelab.base.errors import DataError
 from tunelab.base.plugin import DataConfig
 
@@ -50,6 +51,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.labels: list[str] = []
         self.out_of_scope: str | None = data.out_of_scope_label()
         self.splits: DatasetDict | None = None
+        self.audit: dict[str, Any] | None = None  # leak count, audit, removed rows (setup)
         self._tokenizer: Any = None
 
     @property
@@ -86,14 +88,16 @@ class ClassificationDataModule(L.LightningDataModule):
 
     @override
     def setup(self, stage: str | None = None) -> None:
-        if self.splits is not None:
-            return
-        parts = prepared.key_parts(self)  # the first process builds, the others load
-        self.splits, extras = prepared.prepare_once(parts, self._prepare, prepared.cache_root())
-        self.labels = list(extras["labels"])
+        if self.splits is None:
+            parts = prepared.key_parts(self)  # the first process builds, the others load
+            root = prepared.cache_root()
+            self.splits, extras = prepared.prepare_once(parts, self._prepare, root)
+            self.labels, self.audit = list(extras["labels"]), extras["audit"]
+            audit_hook.announce(self.audit, self.data)
+        audit_hook.log_to_run(self)  # once a trainer is attached: the run's MLflow run
 
-    def _prepare(self) -> prepared.Prepared:
-        """Load, check, encode labels, subsample and tokenise; the splits and the class names."""
+    def raw_splits(self) -> tuple[DatasetDict, list[str]]:
+        """Load, check, encode labels and subsample: the text/label splits and the class names."""
         raw, names = self.data.load(self.seed)
         raw = self._checked(raw)
         labels = list(names or label_names(raw, "label"))
@@ -103,6 +107,22 @@ class ClassificationDataModule(L.LightningDataModule):
             )
         data = self._subsample(encode_labels(raw, "label", labels))
         common.check_not_empty(data)
+        return data, labels
+
+    def view_for_audit(self) -> Any:
+        """What would train (before any `data.drop_*`), as rows for `python audit.py`."""
+        data, labels = self.raw_splits()
+        return audit_view.classification_view(self, data, labels)
+
+    def _prepare(self) -> prepared.Prepared:
+        """Raw splits, audited and cleaned (`data.audit`, `data.drop_*`), tokenised."""
+        data, labels = self.raw_splits()
+        measure = audit_hook.needs_audit(self.data)
+        view = audit_view.classification_view(self, data, labels, measure)
+        keep, record = audit_view.cleaned(view, self.data)
+        if len(keep) < len(data["train"]):
+            data["train"] = data["train"].select(keep)
+            common.check_not_empty(data)
         splits = data.map(
             lambda batch: self.tokenizer(
                 batch["text"], truncation=True, max_length=self.max_length
@@ -111,7 +131,7 @@ class ClassificationDataModule(L.LightningDataModule):
             remove_columns=["text"],
             desc="tokenising",
         )
-        return splits, {"labels": labels}
+        return splits, {"labels": labels, "audit": record}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         from transformers import DataCollatorWithPadding

@@ -27,7 +27,27 @@ def _given(path: str) -> str:
 RequiredPath = Annotated[str, AfterValidator(_given)]
 
 
-class ClassificationData(DataConfig):
+class AuditedData(DataConfig):
+    """The audit and cleaning settings both families share (see `tunelab.audit`).
+
+    Cleaning removes train rows only, logs how many and which, and is off by default; a run
+    whose validation or test texts also sit in train says so in one warning line either way.
+
+    Attributes:
+        audit: audit the data first (`python audit.py` without training) and log the report to
+            the run's MLflow run.
+        drop_duplicates: remove train rows that repeat (exactly, or nearly) an earlier train row.
+        drop_leaked: remove train rows whose text is (nearly) a validation or test text.
+        drop_conflicts: remove train rows whose text also appears with another label (response).
+    """
+
+    audit: bool = False
+    drop_duplicates: bool = False
+    drop_leaked: bool = False
+    drop_conflicts: bool = False
+
+
+class ClassificationData(AuditedData):
     """Text classification: `load` returns text/label splits; batches are padded dynamically.
 
     Subclasses implement `load(seed) -> (DatasetDict, label names or None)` whose splits
@@ -44,6 +64,8 @@ class ClassificationData(DataConfig):
     eval_batch_size: PositiveInt = 64
     num_workers: Annotated[int, Field(ge=0)] = 0
     group_by_length: bool = True
+    # remove the train rows the label-error model suspects (see tunelab.audit.label_model)
+    drop_label_issues: bool = False
 
     def load(self, seed: int) -> tuple[Any, list[str] | None]:
         """The train/validation/test splits (columns `text`, `label`) and the class names."""
@@ -54,7 +76,7 @@ class ClassificationData(DataConfig):
         return None
 
 
-class InstructionData(DataConfig):
+class InstructionData(AuditedData):
     """Instruction tuning for decoders: `load` returns instruction/input/response records.
 
     Subclasses implement `load(seed) -> {"train": [...], "validation": [...], "test": [...]}`

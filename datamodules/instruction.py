@@ -10,9 +10,10 @@ from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from datamodules import common, prepared
+from datamodules import audit_view, common, prepared
 from datamodules.batching import grouped
 from datamodules.resumable import shuffled, training_loader
+from tunelab.audit import hook as audit_hook
 from tunelab.base import prompting
 from tunelab.base.errors import DataError
 from tunelab.base.plugin import DataConfig
@@ -61,6 +62,7 @@ class InstructionDataModule(L.LightningDataModule):
         self.out_of_scope: str | None = None
         self.records: dict[str, list[Record]] = {}
         self.splits: DatasetDict | None = None
+        self.audit: dict[str, Any] | None = None  # leak count, audit, removed rows (setup)
         self._tokenizer: Any = None
 
     @property
@@ -126,19 +128,29 @@ class InstructionDataModule(L.LightningDataModule):
 
     @override
     def setup(self, stage: str | None = None) -> None:
-        if self.splits is not None:
-            return
-        parts = prepared.key_parts(self)  # the first process builds, the others load
-        self.splits, extras = prepared.prepare_once(parts, self._prepare, prepared.cache_root())
-        self.records = extras["records"]
+        if self.splits is None:
+            parts = prepared.key_parts(self)  # the first process builds, the others load
+            root = prepared.cache_root()
+            self.splits, extras = prepared.prepare_once(parts, self._prepare, root)
+            self.records, self.audit = extras["records"], extras["audit"]
+            audit_hook.announce(self.audit, self.data)
+        audit_hook.log_to_run(self)  # once a trainer is attached: the run's MLflow run
+
+    def view_for_audit(self) -> Any:
+        """What would train (before any `data.drop_*`), as rows for `python audit.py`."""
+        return audit_view.instruction_view(self, self._load())
 
     def _prepare(self) -> prepared.Prepared:
-        """Load and encode the records (train packed if asked); the splits and the records."""
+        """Load, audit and clean (`data.audit`, `data.drop_*`), encode (train packed if asked)."""
         records = self._load()
+        view = audit_view.instruction_view(self, records, audit_hook.needs_audit(self.data))
+        keep, record = audit_view.cleaned(view, self.data)
+        records["train"] = [records["train"][i] for i in keep]
         rows = {s: self.encode_split(s, r) for s, r in records.items()}
         if self.data.packing:
             rows["train"] = prompting.pack(rows["train"], self.max_length)
-        return DatasetDict({s: Dataset.from_list(r) for s, r in rows.items()}), {"records": records}
+        splits = DatasetDict({s: Dataset.from_list(r) for s, r in rows.items()})
+        return splits, {"records": records, "audit": record}
 
     def generation_prompts(self, n: int, split: str = "validation") -> list[dict[str, Any]]:
         """The first `n` examples of `split` as prompts (token ids, prompt text, reference)."""

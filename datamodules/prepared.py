@@ -68,8 +68,9 @@ def source_stamp(data: Any) -> Any:
 
 
 def code_digest(data: Any) -> str:
-    """sha256 of the datamodules package's code and of the loader's own module."""
+    """sha256 of the datamodules' and the audit's code and of the loader's own module."""
     files = sorted(Path(__file__).parent.glob("*.py"))
+    files += sorted((Path(__file__).parent.parent / "tunelab" / "audit").glob("*.py"))  # cleaning
     files.append(Path(sys.modules[type(data).__module__].__file__ or __file__))
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 

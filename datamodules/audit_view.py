@@ -1,0 +1,96 @@
+"""What a family's datamodule would train on, as rows the audit reads (`tunelab.audit`).
+
+`classification_view` and `instruction_view` turn a datamodule's checked, subsampled splits
+into a `View` with token lengths from the run's tokenizer; `cleaned` runs the audit hook and
+returns which train rows to keep. `python audit.py` builds the same views.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.audit.table import Split, View
+from tunelab.base import prompting
+
+Record = dict[str, Any]  # an instruction record (see datamodules.families.InstructionData)
+
+
+def classification_view(
+    datamodule: Any, data: Any, labels: list[str], measure: bool = True
+) -> View:
+    """The view of text/labels splits (`labels` as ids into `labels`), lengths in tokens.
+
+    `measure=False` skips the tokenizer (lengths 0): enough for the leak count of every run.
+    """
+    splits = {}
+    for name, ds in data.items():
+        texts = list(ds["text"])
+        names = [labels[i] for i in ds["labels"]]
+        lengths = [0] * len(texts)
+        if measure:
+            lengths = [len(ids) for ids in datamodule.tokenizer(texts)["input_ids"]]
+        rows = [str(i) for i in range(len(texts))]
+        splits[name] = Split(texts, names, rows, lengths, classes=names)
+    return View(
+        "classification",
+        splits,
+        datamodule.data.name,
+        datamodule.tokenizer_name,
+        datamodule.max_length,
+        labels,
+    )
+
+
+def _token_lengths(datamodule: Any, record: Record, chat: bool) -> tuple[int, int]:
+    """Tokens of the rendered prompt and of the response, as `prompting.encode_example` counts."""
+    tokenizer = datamodule.tokenizer
+    example = {**record, "response": record.get("response") or ""}
+    prompt, reply = prompting.prompt_and_response_text(
+        tokenizer, example, chat, datamodule.data.system_prompt
+    )
+    reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"]
+    extra = int(not chat and tokenizer.eos_token_id is not None)  # the plain template's eos
+    return len(prompting.encode_prompt(tokenizer, prompt, chat)), len(reply_ids) + extra
+
+
+def _instruction_split(datamodule: Any, records: list[Record], chat: bool | None) -> Split:
+    prompts, responses, rows, lengths, response_lengths = [], [], [], [], []
+    for record in records:
+        instruction, context = record.get("instruction") or "", record.get("input") or ""
+        prompts.append(prompting.user_message(instruction, context))
+        responses.append(record.get("response") or "")
+        rows.append(str(record.get("row", len(rows))))
+        prompt_n, response_n = (0, 0) if chat is None else _token_lengths(datamodule, record, chat)
+        lengths.append(prompt_n)
+        response_lengths.append(response_n)
+    answers = [str(r["answer"]) for r in records if r.get("answer") is not None]
+    classes = answers if len(answers) == len(records) else None
+    return Split(prompts, responses, rows, lengths, response_lengths, classes)
+
+
+def instruction_view(
+    datamodule: Any, records: dict[str, list[Record]], measure: bool = True
+) -> View:
+    """The view of instruction records: prompt (instruction + input) -> response.
+
+    `measure=False` skips rendering and tokenising (lengths 0): enough for the leak count.
+    """
+    chat = None
+    if measure:
+        chat = prompting.uses_chat_template(datamodule.tokenizer, datamodule.data.template)
+    splits = {name: _instruction_split(datamodule, rows, chat) for name, rows in records.items()}
+    return View(
+        "instruction",
+        splits,
+        datamodule.data.name,
+        datamodule.tokenizer_name,
+        datamodule.max_length,
+    )
+
+
+def cleaned(view: View, data: Any) -> tuple[list[int], dict[str, Any]]:
+    """The train positions to keep after `data.drop_*`, and the audit record (see hook)."""
+    from tunelab.audit import hook
+
+    drop, record = hook.prepare(view, data)
+    return [i for i in range(len(view.splits["train"])) if i not in drop], record
