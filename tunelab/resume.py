@@ -108,13 +108,16 @@ def is_live(state: dict[str, Any]) -> bool:
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`key: was X, now Y` for every key that differs between two flat configs."""
+    """`key: was X, now Y` for every key that differs between two flat configs.
+
+    Compared as JSON text, so `1` (one batch) and `1.0` (the whole split) differ.
+    """
     keys = sorted(set(saved) | set(now))
     missing = "(unset)"
     return [
         f"{k}: was {saved.get(k, missing)!r}, now {now.get(k, missing)!r}"
         for k in keys
-        if saved.get(k, missing) != now.get(k, missing)
+        if json.dumps(saved.get(k, missing)) != json.dumps(now.get(k, missing))
     ]
 
 
