@@ -8,7 +8,6 @@ resumed run computes the same losses as one never interrupted.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -47,12 +46,13 @@ class ResumeCheckpoint(Checkpoint):
         return self.folder / RESUME_FILE
 
     def save(self, trainer: L.Trainer) -> None:
-        """Write the checkpoint to a temporary file, then move it into place."""
+        """Write the checkpoint whole or not at all (`tunelab.checkpoint.SafeCheckpointIO`).
+
+        The run's checkpoint IO writes a temporary file in the folder and renames it, so the
+        previous `resume.ckpt` stays intact when this one cannot be written (a full disk).
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

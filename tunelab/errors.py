@@ -17,3 +17,16 @@ class ModelLoadError(TunelabError):
 
 class NonFiniteLossError(TunelabError):
     """The training loss became NaN or infinite."""
+
+
+class DiskFullError(TunelabError):
+    """A file could not be written for lack of space; what was saved before is intact.
+
+    The run stops resumable: freed space, the same command continues it.
+    """
+
+    resumable = True
+
+
+class CorruptFileError(TunelabError):
+    """A file tunelab wrote earlier (a checkpoint, the prepared data, a config) is unreadable."""

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tunelab import resume, run_info, runtime_checks, signals, tracking
+from tunelab.checkpoint import checkpoint_io, space_for, weights_bytes, write_atomic
 from tunelab.distributed import exportable, rank_zero_previous, shared_run_dir
 from tunelab.preflight import preflight
 from tunelab.schema import RunConfig
@@ -99,8 +100,10 @@ def build_trainer(run: RunConfig, run_dir: Path, logger: Any, callbacks: list) -
     all_callbacks = [checkpoint, guard, *build_callbacks(run), *callbacks, resumer]
     if run.trainer.enable_progress_bar:
         all_callbacks.append(RichProgressBar())
+    sharded = run.trainer.strategy.startswith(("fsdp", "deepspeed"))  # their own checkpoint files
     trainer = L.Trainer(
         **run.trainer.model_dump(exclude={"checkpoint_every_n_steps", "compile", "precision"}),
+        plugins=None if sharded else [checkpoint_io()],  # atomic writes, weights_only reads
         precision=_precision(run, logger),
         logger=logger,
         callbacks=all_callbacks,
@@ -133,7 +136,7 @@ def save_outputs(
     if datamodule.labels:
         files["label_map.json"] = json.dumps(dict(enumerate(datamodule.labels)), indent=2)
     for name, text in files.items():
-        (run_dir / name).write_text(text)
+        write_atomic(run_dir / name, text.encode())
         logger.experiment.log_artifact(logger.run_id, str(run_dir / name))
     if resolved["export"]["save_model"]:
         folder = module.export(run_dir / "export")
@@ -280,5 +283,7 @@ def _fit_test_save(
     metrics = tested[0] if tested else {}
     if trainer.is_global_zero:  # one copy of the outputs, whatever the number of processes
         exported = exportable(trainer, module, best)  # FSDP/DeepSpeed: the best checkpoint, whole
-        save_outputs(exported, datamodule, resolved, run_dir, metrics, logger)
+        needed = weights_bytes(exported, resolved["export"]["merge"])
+        with space_for(run_dir, "the run's outputs (export, config, metrics)", needed):
+            save_outputs(exported, datamodule, resolved, run_dir, metrics, logger)
     return metrics, best or ""

@@ -26,7 +26,7 @@ from tunelab.schema import RunConfig
 STATE_FILE = "run.json"
 CHECKPOINT = Path("checkpoints") / "resume.ckpt"
 IGNORED = ("resume", "trainer.enable_progress_bar")  # keys that may change between attempts
-INTERRUPTED = ("killed", "running")
+INTERRUPTED = ("killed", "running", "stopped")  # stopped: by a resumable error (disk full)
 
 
 @dataclass
@@ -229,6 +229,20 @@ def stopped(err: BaseException, logger: Any, run_dir: Path) -> BaseException:
             signum = signals_module.SIGTERM
         return Interrupted(signum or signals_module.SIGINT, run_dir)
     logger.finalize("FAILED")
+    err = _named_disk_full(err, run_dir)
+    if getattr(err, "resumable", False):  # a full disk: the same command continues the run
+        write_state(run_dir, "stopped", reason=str(err).split(";")[0])
+        return err
     write_state(run_dir, "failed")
     drop_if_empty(run_dir)
     return err
+
+
+def _named_disk_full(err: BaseException, run_dir: Path) -> BaseException:
+    """An `OSError` ENOSPC (a report, a log) as the `DiskFullError` that names the folder."""
+    from tunelab.checkpoint import NO_SPACE, disk_full
+
+    if not isinstance(err, OSError) or err.errno not in NO_SPACE:
+        return err
+    folder = Path(err.filename).parent if err.filename else run_dir
+    return disk_full(folder, None, Path(err.filename).name if err.filename else "a file")
