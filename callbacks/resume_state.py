@@ -18,6 +18,8 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from typing_extensions import override
 
+from tunelab.checkpoint import damage
+from tunelab.errors import notice
 from tunelab.signals import Interrupted, requested
 
 RESUME_FILE = "resume.ckpt"
@@ -53,6 +55,16 @@ class ResumeCheckpoint(Checkpoint):
         """
         self.folder.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(self.path, weights_only=False)
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # restored: a best checkpoint gone or damaged since is forgotten, not tested later
+        for callback in trainer.checkpoint_callbacks:
+            path = getattr(callback, "best_model_path", "")
+            if path and path != str(self.path):
+                reason = damage(path) if Path(path).exists() else "missing"
+                if reason is not None:
+                    forget_best(callback, Path(path), reason, trainer.is_global_zero)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -117,6 +129,21 @@ class ResumeCheckpoint(Checkpoint):
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def forget_best(callback: Any, path: Path, reason: str, rank_zero: bool = True) -> None:
+    """Set a damaged best checkpoint aside and let the next validations choose a new best."""
+    callback.best_k_models, callback.best_model_path = {}, ""
+    callback.best_model_score, callback.kth_best_model_path = None, ""
+    if not rank_zero:
+        return
+    if path.exists():
+        path.replace(path.with_name(f"{path.name}.corrupt"))
+    notice(
+        f"best checkpoint {path} is unreadable ({reason}): kept as {path.name}.corrupt; the best "
+        "of the validations still to come is kept instead (if none comes, the final weights are "
+        "tested)"
+    )
 
 
 def _validates_next(trainer: L.Trainer) -> bool:

@@ -149,3 +149,102 @@ def test_write_atomic_keeps_the_old_file_when_the_new_one_does_not_fit(small_dis
 
 
 Corrupt = Callable[[Path], None]
+
+
+# ----------------------------------------------------------------------------- damaged files
+class StopAt(L.Callback):
+    """Request a stop after global step `step`, as the SIGTERM handler does."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        import signal
+
+        from tunelab import signals
+
+        if trainer.global_step == self.step:
+            signals.requested().signum = signal.SIGTERM
+
+
+def truncate(path: Path) -> None:
+    """Cut a file to half its length, as a copy interrupted or a full disk leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def flip(path: Path) -> None:
+    """Flip bytes in the middle of a file, its length unchanged."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+
+
+def resume_file(folder: Path) -> Path:
+    return next(folder.glob("outputs/*/*/checkpoints/resume.ckpt"))
+
+
+def best_file(folder: Path) -> Path:
+    return next(folder.glob("outputs/*/*/checkpoints/best-*.ckpt"))
+
+
+# id, step the first attempt stops at, file damaged, damage, warning, whether the run continues
+DAMAGED = [
+    ("resume_truncated", 5, resume_file, truncate, "resume.ckpt is unreadable", False),
+    ("resume_corrupt", 5, resume_file, flip, "resume.ckpt is unreadable", False),
+    ("best_truncated", 13, best_file, truncate, "best checkpoint", True),
+]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize(
+    "case,step,target,damage,warning,continued", DAMAGED, ids=[c[0] for c in DAMAGED]
+)
+def test_a_damaged_checkpoint_is_named_and_the_run_continues_or_starts_fresh(
+    workdir, monkeypatch, capsys, tiny_bert, intent_data, case, step, target, damage, warning,
+    continued,
+):  # fmt: skip
+    args = args_for(tiny_bert, intent_data)
+    with monkeypatch.context() as patch:
+        with_callback(patch, StopAt(step))
+        assert cli.main(args) == 143
+    path = target(workdir)
+    damage(path)
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert warning in err and str(path.relative_to(workdir)) in err and "Traceback" not in err
+    assert path.with_name(f"{path.name}.corrupt").is_file()  # set aside, not deleted
+    statuses = sorted(r.info.status for r in runs(workdir))
+    if continued:  # the same run went on; its next validation chose a new, whole best
+        assert statuses == ["FINISHED"] and "final weights" in err
+        read_checkpoint(best_file(workdir))
+    else:  # a new run from the beginning; the damaged one is marked failed
+        assert statuses == ["FAILED", "FINISHED"] and "a new run starts" in err
+        assert resume.read_state(path.parent.parent)["status"] == "failed"
+
+
+def test_a_checkpoint_holding_a_pickled_object_is_refused(workdir, tiny_bert, intent_data, capsys):
+    """weights_only=True: a teacher .ckpt that would run code when unpickled is not loaded."""
+    import torch
+
+    from tunelab.checkpoint import load_module
+    from tunelab.errors import CorruptFileError
+
+    evil = workdir / "teacher.ckpt"  # a dict subclass is enough to need unpickling code
+    torch.save({"state_dict": {}, "hyper_parameters": Sneaky(a=1)}, evil)
+    with pytest.raises(CorruptFileError, match="holds objects other than tensors and plain data"):
+        load_module(evil)
+    args = [
+        "experiment=distill_minilm_banking77",
+        *tiny_overrides(tiny_bert, intent_data, f"method.teacher={evil}"),
+    ]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"error: checkpoint {evil} holds objects other than tensors" in err
+    assert "Traceback" not in err and not (workdir / "outputs").exists()
+
+
+class Sneaky(dict):
+    """A dict subclass: plain to look at, but unpickling it imports and runs this module's code."""

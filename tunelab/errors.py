@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class TunelabError(Exception):
     """Base of every error tunelab reports without a traceback (exit code 1)."""
@@ -30,3 +32,8 @@ class DiskFullError(TunelabError):
 
 class CorruptFileError(TunelabError):
     """A file tunelab wrote earlier (a checkpoint, the prepared data, a config) is unreadable."""
+
+
+def notice(message: str) -> None:
+    """Tell the user on stderr what went wrong and what was done about it: `warning: ...`."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -111,10 +111,17 @@ def _export_info(folder: Path) -> dict[str, Any]:
             f"source={folder}: no config.yaml beside this folder; pass a run's export folder "
             "(<run folder>/export), runs:/<run_id>/model or models:/<name>@<alias>"
         )
-    resolved = OmegaConf.to_container(OmegaConf.load(config), resolve=False)
     label_map = folder.parent / "label_map.json"
-    labels = list(json.loads(label_map.read_text()).values()) if label_map.exists() else None
-    return model_info(resolved, labels)
+    try:
+        resolved = OmegaConf.to_container(OmegaConf.load(config), resolve=False)
+        labels = list(json.loads(label_map.read_text()).values()) if label_map.exists() else None
+        return model_info(resolved, labels)
+    except Exception as err:  # YAML/JSON errors, or keys missing from a file cut short
+        raise SourceError(
+            f"source={folder}: {config.name} or {label_map.name} in {folder.parent} is unreadable "
+            f"or incomplete ({type(err).__name__}: {str(err).splitlines()[0][:200]}); the run's "
+            "MLflow model holds the same: use runs:/<run_id>/model"
+        ) from None
 
 
 def load_predictor(source: str, tracking_uri: str | None) -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 
 from tunelab.config import ConfigError
 from tunelab.distributed import is_rank_zero
+from tunelab.errors import notice
 from tunelab.schema import RunConfig
 
 STATE_FILE = "run.json"
@@ -127,6 +128,30 @@ def previous_of(run_dir: Path, state: dict[str, Any]) -> Previous:
     return Previous(run_dir, state["run_id"], str(ckpt) if ckpt.exists() else None)
 
 
+def checked_previous(run_dir: Path, state: dict[str, Any], tracking_uri: str) -> Previous | None:
+    """`previous_of`, or None when the run's `resume.ckpt` is damaged (truncated, corrupt).
+
+    A damaged checkpoint is set aside as `resume.ckpt.corrupt`, the run marked failed (here and
+    in MLflow) and a warning names it: the command then starts a new run.
+    """
+    from tunelab.checkpoint import damage
+    from tunelab.tracking import set_run_status
+
+    ckpt = run_dir / CHECKPOINT
+    reason = damage(ckpt) if ckpt.exists() else None
+    if reason is None:
+        return previous_of(run_dir, state)
+    ckpt.replace(ckpt.with_name(f"{ckpt.name}.corrupt"))
+    notice(
+        f"{ckpt} is unreadable ({reason}): that run cannot continue; the file is kept as "
+        f"{ckpt.name}.corrupt, the run marked failed, and a new run starts from the beginning"
+    )
+    write_state(run_dir, "failed", reason=f"unreadable {CHECKPOINT}: {reason}")
+    if state.get("run_id"):
+        set_run_status(tracking_uri, state["run_id"], "FAILED")
+    return None
+
+
 def mark_killed(run_dir: Path, state: dict[str, Any], tracking_uri: str) -> None:
     """A dead run that is not resumed: killed in `run.json` and in MLflow."""
     from tunelab.tracking import set_run_status
@@ -159,14 +184,18 @@ def select(run: RunConfig, resolved: dict[str, Any]) -> Previous | None:
     if isinstance(choice, str):
         return _named(run, choice, now)
     chosen = None
+    uri = run.logger.tracking_uri
     for folder in run_folders(run):
-        state = read_state(folder) or {}
+        state = read_state(folder)
+        if state is None:
+            notice(f"{folder / STATE_FILE} is unreadable: that run is not resumed")
+            continue
         if state.get("status") not in INTERRUPTED or is_live(state):
             continue
         if chosen is None and choice and not differences(state.get("config", {}), now):
-            chosen = previous_of(folder, state)
+            chosen = checked_previous(folder, state, uri)
         elif state.get("status") == "running":
-            mark_killed(folder, state, run.logger.tracking_uri)
+            mark_killed(folder, state, uri)
     return chosen
 
 
@@ -198,7 +227,10 @@ def _named(run: RunConfig, choice: str, now: dict[str, Any]) -> Previous:
                 "drop the changed overrides to resume it, or use resume=false for a new run",
             ]
         )
-    return previous_of(folder, state)
+    previous = checked_previous(folder, state, run.logger.tracking_uri)
+    if previous is None:
+        raise ConfigError([f"resume={choice}: its {CHECKPOINT} is unreadable; use resume=false"])
+    return previous
 
 
 def drop_if_empty(run_dir: Path) -> None:
