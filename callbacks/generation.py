@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from typing_extensions import override
 
-from callbacks.limits import limited_rows
+from callbacks.limits import limited_rows, stoppable
 
 
 def greedy_answers(
@@ -22,7 +22,7 @@ def greedy_answers(
     """
     answers = []
     device = next(model.parameters()).device
-    for prompt in prompts:
+    for prompt in stoppable(prompts):  # a signal stops between two prompts
         ids = torch.tensor([prompt["input_ids"]], device=device)
         out = model.generate(
             input_ids=ids,

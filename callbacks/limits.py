@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+from tunelab.signals import requested
+
 
 def split_batches(trainer: Any, stage: str, total: int) -> int:
     """The batches of a `total`-batch split that `stage` (`val`, `test`) reads, as Lightning."""
@@ -23,7 +25,14 @@ def split_batches(trainer: Any, stage: str, total: int) -> int:
 
 def limited_batches(loader: Any, trainer: Any, stage: str) -> Iterator:
     """The first batches of `loader` that `stage` reads under the trainer's limit."""
-    return islice(loader, split_batches(trainer, stage, len(loader)))
+    return stoppable(islice(loader, split_batches(trainer, stage, len(loader))))
+
+
+def stoppable(items: Iterable) -> Iterator:
+    """`items`, raising `Interrupted` before the next one once SIGINT/SIGTERM was received."""
+    for item in items:
+        requested().check()
+        yield item
 
 
 def limited_rows(trainer: Any, stage: str, rows: int, batch_size: int) -> int:

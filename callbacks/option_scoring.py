@@ -25,6 +25,7 @@ import torch
 from typing_extensions import override
 
 from callbacks.generation_eval import log_report_files, single_model, test_rows
+from callbacks.limits import stoppable
 from datamodules import prompting
 from tunelab.errors import DataError
 
@@ -109,7 +110,7 @@ class OptionScoring(L.Callback):
         texts = [data.answer_text(option) for option in options]
         results = []
         module.eval()
-        for record in datamodule.records["test"][: most or self.max_examples]:
+        for record in stoppable(datamodule.records["test"][: most or self.max_examples]):
             try:
                 rows = option_rows(tokenizer, record, texts, data, datamodule.max_length)
             except DataError:  # the prompt alone fills max_length: not scorable

@@ -104,6 +104,10 @@ class ResumeCheckpoint(Checkpoint):
         # after the epoch's validation and the best-model checkpoint (saved on this hook)
         self._save_or_stop(trainer)
 
+    @override
+    def on_test_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        requested().check()  # SIGTERM while testing: stop now; the rerun tests again
+
     def _save_or_stop(self, trainer: L.Trainer) -> None:
         self.save(trainer)
         if requested().signum is not None:

@@ -102,6 +102,7 @@ DISK_FULL = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("case,step,message", DISK_FULL, ids=[c[0] for c in DISK_FULL])
 def test_disk_full_stops_with_the_folder_and_the_space_then_resumes_once_freed(
@@ -248,3 +249,165 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused(workdir, tiny_bert, in
 
 class Sneaky(dict):
     """A dict subclass: plain to look at, but unpickling it imports and runs this module's code."""
+
+
+QUICK = (  # one batch of each stage: the rows below need a finished run, not a trained one
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+)
+
+
+def cut_arrow(cache: Path) -> Path:
+    [arrow] = cache.glob("*/train/*.arrow")
+    truncate(arrow)
+    return arrow
+
+
+def cut_meta(cache: Path) -> Path:
+    [meta] = cache.glob("*/meta.json")
+    truncate(meta)
+    return meta
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("damage", [cut_arrow, cut_meta], ids=["split_file_cut", "meta_cut"])
+def test_a_damaged_prepared_data_cache_is_named_and_prepared_again(
+    workdir, monkeypatch, capsys, tiny_bert, intent_data, damage
+):
+    monkeypatch.setenv("TUNELAB_CACHE", str(workdir / "cache"))
+    args = args_for(tiny_bert, intent_data, *QUICK, "export.save_model=false", "resume=false")
+    assert cli.main(args) == 0
+    damaged = damage(workdir / "cache")
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    [line] = [x for x in err.splitlines() if x.startswith("warning: prepared data in")]
+    assert str(damaged.relative_to(workdir / "cache").parts[0]) in line
+    assert "preparing it again" in line and "Traceback" not in err
+    assert [r.info.status for r in runs(workdir)] == ["FINISHED", "FINISHED"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_cut_config_yaml_is_named_by_predict(workdir, capsys, tiny_bert, intent_data):
+    import predict
+
+    args = args_for(tiny_bert, intent_data, *QUICK, "logger.log_model=false")
+    assert cli.main(args) == 0
+    [run_dir] = (workdir / "outputs" / "full_minilm_banking77").iterdir()
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text()[:60])  # cut mid-way, as a copy interrupted leaves it
+    (workdir / "texts.csv").write_text("text\ni lost my card\n")
+    capsys.readouterr()
+    source = f"source={run_dir / 'export'}"
+    assert predict.main([source, "input=texts.csv", "output=out.csv"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {source}: config.yaml or label_map.json in {run_dir} is unreadable" in err
+    assert "runs:/<run_id>/model" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- signals
+class SignalInTest(L.Callback):
+    """Record SIGTERM as its handler does, at the first test batch."""
+
+    def on_test_batch_start(self, *args) -> None:
+        import signal
+
+        from tunelab import signals
+
+        signals.requested().signum = signal.SIGTERM
+
+
+def signal_in_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    with_callback(monkeypatch, SignalInTest())
+
+
+def signal_in_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    import tunelab.mlflow_model as mlflow_model
+    from tunelab import signals
+
+    log_model = mlflow_model.log_run_model
+
+    def slow_log(*args, **kwargs):
+        signals.requested().signum = signal.SIGTERM  # arrives while the model is being logged
+        return log_model(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow_model, "log_run_model", slow_log)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.parametrize("phase,inject", [("test", signal_in_test), ("export", signal_in_export)])
+def test_sigterm_in_test_or_export_stops_resumable_not_finished(
+    workdir, monkeypatch, capsys, tiny_bert, intent_data, phase, inject
+):
+    args = args_for(tiny_bert, intent_data, *QUICK)
+    with monkeypatch.context() as patch:
+        inject(patch)
+        assert cli.main(args) == 143
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM" in err and "resume with: python run.py" in err
+    [killed] = runs(workdir)
+    assert killed.info.status == "KILLED"
+    [folder] = (workdir / "outputs" / "full_minilm_banking77").iterdir()
+    state = resume.read_state(folder)
+    assert (state["status"], state["phase"]) == ("killed", phase)
+    assert (folder / resume.CHECKPOINT).is_file()  # what the rerun continues from
+    assert cli.main(args) == 0
+    [finished] = runs(workdir)
+    assert finished.info.run_id == killed.info.run_id and finished.info.status == "FINISHED"
+    assert (folder / "test_metrics.json").is_file() and (folder / "export").is_dir()
+
+
+def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, what: str) -> None:
+    import time
+
+    deadline = time.time() + 600
+    while not predicate():
+        assert proc.poll() is None, f"{what}: the run ended first\n{proc.communicate()}"
+        assert time.time() < deadline, f"{what}: not within 600 s"
+        time.sleep(0.05)
+
+
+def phase_of(folder: Path) -> str | None:
+    states = [resume.read_state(p) for p in folder.glob("outputs/*/*")]
+    return (states[0] or {}).get("phase") if states else None
+
+
+@pytest.mark.slow
+def test_a_real_sigterm_during_the_test_phase_exits_143_and_the_rerun_finishes(
+    tmp_path, tiny_bert, intent_data
+):
+    """A real run.py process, a test split of 1,500 rows read one at a time, SIGTERM at its start."""
+    import csv
+    import signal
+
+    from test_resume import start
+
+    data = tmp_path / "data"
+    shutil.copytree(intent_data / "intents", data / "intents")
+    with open(intent_data / "intents" / "test.csv") as handle:
+        rows = list(csv.reader(handle))
+    with open(data / "intents" / "test.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([rows[0], *(rows[1:] * (1500 // (len(rows) - 1) + 1))])
+    args = args_for(tiny_bert, data, "trainer.max_epochs=1", "data.eval_batch_size=1")
+    proc = start(tmp_path, args)
+    wait_for(lambda: phase_of(tmp_path) == "test", proc, "the test phase")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    [killed] = runs(tmp_path)
+    assert killed.info.status == "KILLED"
+    [folder] = (tmp_path / "outputs" / "full_minilm_banking77").iterdir()
+    assert resume.read_state(folder)["phase"] == "test" and not (folder / "export").exists()
+
+    rerun = start(tmp_path, args)
+    _, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    [finished] = runs(tmp_path)
+    assert finished.info.run_id == killed.info.run_id and finished.info.status == "FINISHED"
+    assert "test/acc" in finished.data.metrics

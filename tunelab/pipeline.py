@@ -141,6 +141,7 @@ def save_outputs(
     if resolved["export"]["save_model"]:
         folder = module.export(run_dir / "export")
         datamodule.tokenizer.save_pretrained(folder)
+        signals.requested().check()  # SIGTERM while exporting: stop before the slow model log
         if resolved["logger"]["log_model"]:
             from tunelab.mlflow_model import log_run_model
 
@@ -279,11 +280,15 @@ def _fit_test_save(
     signals.requested().check()  # a signal during the last validation: stop before testing
     best = checkpoint.best_model_path or None
     # trainer.limit_test_batches=0 leaves the test split unseen (recipe selection on val/*)
+    resume.write_state(run_dir, "running", phase="test")  # a signal now stops at the next batch
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    signals.requested().check()  # a signal in the test's last callbacks: stop before the export
     metrics = tested[0] if tested else {}
     if trainer.is_global_zero:  # one copy of the outputs, whatever the number of processes
+        resume.write_state(run_dir, "running", phase="export")
         exported = exportable(trainer, module, best)  # FSDP/DeepSpeed: the best checkpoint, whole
         needed = weights_bytes(exported, resolved["export"]["merge"])
         with space_for(run_dir, "the run's outputs (export, config, metrics)", needed):
             save_outputs(exported, datamodule, resolved, run_dir, metrics, logger)
+    signals.requested().check()  # a signal during the export: stopped and resumable, not FINISHED
     return metrics, best or ""

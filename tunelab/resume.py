@@ -1,7 +1,8 @@
 """Which run a command resumes, and the state file that lets the next start decide.
 
 Every run folder holds `run.json`: the MLflow run id, the status (`running`, `killed`,
-`failed`, `finished`), the process (host and pid) and the resolved config. On start,
+`stopped` by a full disk, `failed`, `finished`), the phase (`fit`, `test`, `export`), the
+process (host and pid) and the resolved config. On start,
 `resume=true` (the default) looks through `<output_root>/<name>/` for the newest run that was
 interrupted (killed, or `running` with no live process) and has the same config, and continues
 it in the same folder and MLflow run from `checkpoints/resume.ckpt`. Runs found dead and not
@@ -81,6 +82,7 @@ def mark_running(run_dir: Path, run_id: str, resolved: dict[str, Any]) -> None:
         host=socket.gethostname(),
         pid=os.getpid(),
         config=comparable(resolved),
+        phase="fit",  # then `test`, `export` (tunelab.pipeline)
     )
 
 
@@ -256,6 +258,7 @@ def stopped(err: BaseException, logger: Any, run_dir: Path) -> BaseException:
         logger.finalize("KILLED")
         write_state(run_dir, "killed")
         if isinstance(err, Interrupted):
+            err.run_dir = err.run_dir or run_dir
             return err
         if type(err).__name__ == "SIGTERMException":
             signum = signals_module.SIGTERM
