@@ -381,7 +381,7 @@ def phase_of(folder: Path) -> str | None:
 def test_a_real_sigterm_during_the_test_phase_exits_143_and_the_rerun_finishes(
     tmp_path, tiny_bert, intent_data
 ):
-    """A real run.py process, a test split of 1,500 rows read one at a time, SIGTERM at its start."""
+    """A real run.py process, 1,500 test rows read one at a time, SIGTERM once testing began."""
     import csv
     import signal
 
