@@ -411,3 +411,57 @@ def test_a_real_sigterm_during_the_test_phase_exits_143_and_the_rerun_finishes(
     [finished] = runs(tmp_path)
     assert finished.info.run_id == killed.info.run_id and finished.info.status == "FINISHED"
     assert "test/acc" in finished.data.metrics
+
+
+# ----------------------------------------------------------------------------- neighbours
+def start_together(folder: Path, args: list[str], n: int = 2) -> list[tuple[int, str]]:
+    """`n` real run.py processes started at once (one torch thread each); (exit code, stderr)."""
+    from test_resume import start
+
+    procs = [start(folder, args) for _ in range(n)]
+    return [(p.wait(timeout=900), p.communicate()[1]) for p in procs]
+
+
+def folders(folder: Path) -> list[Path]:
+    return sorted((folder / "outputs" / "full_minilm_banking77").iterdir())
+
+
+@pytest.mark.slow
+def test_two_runs_started_at_once_keep_their_own_folders_runs_and_cache(
+    tmp_path, monkeypatch, tiny_bert, intent_data
+):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))  # empty: both want to build it
+    args = args_for(tiny_bert, intent_data, "trainer.max_epochs=1", "logger.log_model=false")
+    results = start_together(tmp_path, args)
+    assert [code for code, _ in results] == [0, 0], results
+    finished = runs(tmp_path)
+    assert len({r.info.run_id for r in finished}) == 2
+    assert {r.info.status for r in finished} == {"FINISHED"}
+    made = folders(tmp_path)
+    assert len(made) == 2
+    assert {resume.read_state(f)["run_id"] for f in made} == {r.info.run_id for r in finished}
+    for folder in made:
+        assert (folder / "test_metrics.json").is_file() and (folder / "export").is_dir()
+    # one prepared entry, built once and read by both; nothing half-written left
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 1
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+    same = [r.data.metrics["test/acc"] for r in finished]  # same seed, same data, same result
+    assert same[0] == same[1]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_two_starts_at_once_never_resume_the_same_interrupted_run(
+    workdir, monkeypatch, tiny_bert, intent_data
+):
+    args = args_for(tiny_bert, intent_data, "logger.log_model=false")
+    with monkeypatch.context() as patch:
+        with_callback(patch, StopAt(5))
+        assert cli.main(args) == 143
+    [killed] = runs(workdir)
+    results = start_together(workdir, args)
+    assert [code for code, _ in results] == [0, 0], results
+    finished = runs(workdir)
+    assert len(finished) == 2 and {r.info.status for r in finished} == {"FINISHED"}
+    assert killed.info.run_id in {r.info.run_id for r in finished}  # one continued it
+    assert len(folders(workdir)) == 2  # the other started its own

@@ -47,6 +47,14 @@ def disk_full(folder: Path, needed: int | None, what: str) -> DiskFullError:
     )
 
 
+def named_disk_full(err: BaseException, run_dir: Path) -> BaseException:
+    """An `OSError` ENOSPC (a report, a log) as the `DiskFullError` that names its folder."""
+    if not isinstance(err, OSError) or err.errno not in NO_SPACE:
+        return err
+    folder = Path(err.filename).parent if err.filename else run_dir
+    return disk_full(folder, None, Path(err.filename).name if err.filename else "a file")
+
+
 def write_atomic(path: str | Path, data: bytes | memoryview) -> None:
     """Write `data` to `path` through a temporary file in the same folder, then rename it.
 

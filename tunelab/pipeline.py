@@ -43,10 +43,12 @@ def make_run_dir(run: RunConfig, base: Path | None = None) -> Path:
     """`<output_root>/<name>/<timestamp>` (or `base` when given), made unique."""
     base = base or Path(run.output_root) / run.name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     folder, n = base, 1
-    while folder.exists():
-        folder, n = base.with_name(f"{base.name}_{n}"), n + 1
-    folder.mkdir(parents=True)
-    return folder
+    while True:
+        try:  # atomic: a run started in the same second takes the next name, never this one
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            folder, n = base.with_name(f"{base.name}_{n}"), n + 1
 
 
 def build_datamodule(run: RunConfig) -> Any:

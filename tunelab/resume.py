@@ -181,8 +181,25 @@ def select(run: RunConfig, resolved: dict[str, Any]) -> Previous | None:
         ConfigError: `resume=<run>` names no run of this experiment, a finished run, or a run
             whose config differs (every differing key is listed).
     """
+    base = Path(run.output_root) / run.name
+    if not base.is_dir():
+        return None
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock
+
+    key = hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:16]  # outside the outputs
+    with FileLock(f"{tempfile.gettempdir()}/tunelab-resume-{key}.lock", timeout=600):
+        chosen = _choose(run, comparable(resolved))
+        if chosen is not None:  # claimed at once: a neighbour starting now sees it running
+            write_state(chosen.run_dir, "running", host=socket.gethostname(), pid=os.getpid())
+    return chosen
+
+
+def _choose(run: RunConfig, now: dict[str, Any]) -> Previous | None:
+    """`select`'s pick, the folder lock held."""
     choice = getattr(run, "resume", True)
-    now = comparable(resolved)
     if isinstance(choice, str):
         return _named(run, choice, now)
     chosen = None
@@ -264,20 +281,12 @@ def stopped(err: BaseException, logger: Any, run_dir: Path) -> BaseException:
             signum = signals_module.SIGTERM
         return Interrupted(signum or signals_module.SIGINT, run_dir)
     logger.finalize("FAILED")
-    err = _named_disk_full(err, run_dir)
+    from tunelab.checkpoint import named_disk_full
+
+    err = named_disk_full(err, run_dir)
     if getattr(err, "resumable", False):  # a full disk: the same command continues the run
         write_state(run_dir, "stopped", reason=str(err).split(";")[0])
         return err
     write_state(run_dir, "failed")
     drop_if_empty(run_dir)
     return err
-
-
-def _named_disk_full(err: BaseException, run_dir: Path) -> BaseException:
-    """An `OSError` ENOSPC (a report, a log) as the `DiskFullError` that names the folder."""
-    from tunelab.checkpoint import NO_SPACE, disk_full
-
-    if not isinstance(err, OSError) or err.errno not in NO_SPACE:
-        return err
-    folder = Path(err.filename).parent if err.filename else run_dir
-    return disk_full(folder, None, Path(err.filename).name if err.filename else "a file")
