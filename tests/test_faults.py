@@ -465,3 +465,51 @@ def test_two_starts_at_once_never_resume_the_same_interrupted_run(
     assert len(finished) == 2 and {r.info.status for r in finished} == {"FINISHED"}
     assert killed.info.run_id in {r.info.run_id for r in finished}  # one continued it
     assert len(folders(workdir)) == 2  # the other started its own
+
+
+class CutBest(L.Callback):
+    """Cut the best checkpoint short once training ended, before the test stage reads it."""
+
+    def on_train_end(self, trainer, *args) -> None:
+        truncate(Path(trainer.checkpoint_callback.best_model_path))
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_best_checkpoint_damaged_during_the_run_is_named_and_the_rerun_finishes(
+    workdir, monkeypatch, capsys, tiny_bert, intent_data
+):
+    args = args_for(tiny_bert, intent_data, "trainer.max_epochs=1")
+    with monkeypatch.context() as patch:
+        with_callback(patch, CutBest())
+        assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    [line] = [x for x in err.splitlines() if x.startswith("error: checkpoint ")]
+    assert "best-" in line and "is unreadable" in line and "rerun the same command" in line
+    assert "Traceback" not in err
+    [folder] = folders(workdir)
+    assert resume.read_state(folder)["status"] == "stopped"
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert "warning: best checkpoint" in err and "the final weights are tested" in err
+    [finished] = runs(workdir)
+    assert finished.info.status == "FINISHED" and "test/acc" in finished.data.metrics
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_an_unreadable_run_json_is_named_and_a_new_run_starts(
+    workdir, monkeypatch, capsys, tiny_bert, intent_data
+):
+    args = args_for(tiny_bert, intent_data, "trainer.max_epochs=1", "export.save_model=false")
+    with monkeypatch.context() as patch:
+        with_callback(patch, StopAt(2))
+        assert cli.main(args) == 143
+    [folder] = folders(workdir)
+    truncate(folder / resume.STATE_FILE)
+    capsys.readouterr()
+    assert cli.main([*args, f"resume={folder}"]) == 2
+    assert f"{folder / resume.STATE_FILE} is unreadable" in capsys.readouterr().err
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {folder.relative_to(workdir) / resume.STATE_FILE} is unreadable" in err
+    assert len(folders(workdir)) == 2
+    assert sorted(r.info.status for r in runs(workdir)) == ["FINISHED", "KILLED"]

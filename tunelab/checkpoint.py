@@ -147,7 +147,8 @@ def read_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any
             reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
     raise CorruptFileError(
         f"checkpoint {path} is unreadable: {reason}; it was cut short or damaged (a full disk, "
-        "a copy interrupted). Use another checkpoint of the run or train again"
+        "a copy interrupted). A run's own checkpoint: rerun the same command, which sets it "
+        "aside and continues from the run's resume.ckpt; otherwise give another checkpoint"
     )
 
 

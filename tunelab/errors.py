@@ -31,7 +31,13 @@ class DiskFullError(TunelabError):
 
 
 class CorruptFileError(TunelabError):
-    """A file tunelab wrote earlier (a checkpoint, the prepared data, a config) is unreadable."""
+    """A file tunelab wrote earlier (a checkpoint, the prepared data, a config) is unreadable.
+
+    Inside a run (its best checkpoint, read for testing) the run stops resumable: the rerun
+    sets the file aside and continues from `resume.ckpt`.
+    """
+
+    resumable = True
 
 
 def notice(message: str) -> None:

@@ -233,7 +233,9 @@ def _named(run: RunConfig, choice: str, now: dict[str, Any]) -> Previous:
                 ]
             )
         folder = matches[0]
-    state = read_state(folder) or {}
+    state = read_state(folder)
+    if state is None:
+        raise ConfigError([f"resume={choice}: {folder / STATE_FILE} is unreadable; resume=false"])
     if state.get("status") == "finished":
         raise ConfigError([f"resume={choice}: that run already finished; use resume=false"])
     if is_live(state):
