@@ -289,7 +289,8 @@ def _fit_test_save(
     if trainer.is_global_zero:  # one copy of the outputs, whatever the number of processes
         resume.write_state(run_dir, "running", phase="export")
         exported = exportable(trainer, module, best)  # FSDP/DeepSpeed: the best checkpoint, whole
-        needed = weights_bytes(exported, resolved["export"]["merge"])
+        exporting = resolved["export"]["save_model"]
+        needed = weights_bytes(exported, resolved["export"]["merge"]) if exporting else 0
         with space_for(run_dir, "the run's outputs (export, config, metrics)", needed):
             save_outputs(exported, datamodule, resolved, run_dir, metrics, logger)
     signals.requested().check()  # a signal during the export: stopped and resumable, not FINISHED
