@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
         print(f"{USAGE}\n\nerror: no experiment given; list them with --help", file=sys.stderr)
         return 2
     from tunelab.base.errors import ConfigError, TunelabError
-    from tunelab.run.signals import Interrupted
+    from tunelab.base.signals import Interrupted
 
     args = [arg for arg in argv if arg != "--cfg"]
     try:

@@ -18,6 +18,8 @@ import lightning as L
 import torch
 from typing_extensions import override
 
+from callbacks.limits import limited_batches
+
 BINS = 15
 
 
@@ -139,6 +141,8 @@ def plot_reliability(rows: list[tuple], ece: float, path: Path) -> None:
 class ClassificationReport(L.Callback):
     """After testing, write and log the classification report of the test split.
 
+    It reads the batches the test stage read (`trainer.limit_test_batches`: `1` is one batch).
+
     Args:
         top: how many confused pairs and confident mistakes to list.
     """
@@ -151,7 +155,8 @@ class ClassificationReport(L.Callback):
         datamodule = trainer.datamodule
         if not trainer.is_global_zero or not getattr(datamodule, "labels", None):
             return
-        probs, labels, ids = collect(pl_module, datamodule.test_dataloader())
+        loader = limited_batches(datamodule.test_dataloader(), trainer, "test")
+        probs, labels, ids = collect(pl_module, loader)
         texts = datamodule.tokenizer.batch_decode(ids, skip_special_tokens=True)
         folder = Path(trainer.default_root_dir) / "report"
         ece = self.write(folder, probs, labels, texts, list(datamodule.labels))

@@ -10,6 +10,8 @@ import lightning as L
 import torch
 from typing_extensions import override
 
+from callbacks.limits import limited_rows, stoppable
+
 
 def greedy_answers(
     model: Any, tokenizer: Any, prompts: list[dict[str, Any]], max_new_tokens: int, **options: Any
@@ -20,7 +22,7 @@ def greedy_answers(
     """
     answers = []
     device = next(model.parameters()).device
-    for prompt in prompts:
+    for prompt in stoppable(prompts):  # a signal stops between two prompts
         ids = torch.tensor([prompt["input_ids"]], device=device)
         out = model.generate(
             input_ids=ids,
@@ -53,8 +55,11 @@ class GenerationCallback(L.Callback):
     def table(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, list]:
         """Generate for the fixed prompts; a column-oriented table."""
         datamodule = trainer.datamodule
-        if self.prompts is None:
-            self.prompts = datamodule.generation_prompts(self.num_prompts)
+        if self.prompts is None:  # within the rows validation reads (`limit_val_batches`)
+            rows = len(datamodule.records["validation"])
+            size = getattr(getattr(datamodule, "data", None), "eval_batch_size", 1)
+            most = min(self.num_prompts, limited_rows(trainer, "val", rows, size))
+            self.prompts = datamodule.generation_prompts(most)
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():

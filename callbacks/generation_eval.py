@@ -27,6 +27,7 @@ import torch
 from typing_extensions import override
 
 from callbacks.generation import greedy_answers
+from callbacks.limits import limited_rows
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -69,6 +70,8 @@ def examples_table(rows: list[dict[str, Any]], limit: int) -> str:
 class GenerationEval(L.Callback):
     """At the end of the test epoch, answer test prompts and score them against the references.
 
+    Only prompts in the batches the test stage read count (`trainer.limit_test_batches`).
+
     Args:
         max_examples: test rows answered (the first ones; generation is slow on CPU).
         max_new_tokens: generation length.
@@ -88,9 +91,15 @@ class GenerationEval(L.Callback):
         self.num_beams = num_beams
         self.table_rows = table_rows
 
-    def evaluate(self, module: L.LightningModule, datamodule: Any) -> tuple[dict, list[dict]]:
-        """Generate for the first test prompts; (mean metrics, per-row table)."""
-        prompts = datamodule.generation_prompts(self.max_examples, split="test")
+    def evaluate(
+        self, module: L.LightningModule, datamodule: Any, most: int | None = None
+    ) -> tuple[dict, list[dict]]:
+        """Generate for the first `most` (default `max_examples`) test prompts.
+
+        Returns:
+            The mean metrics and the per-row table.
+        """
+        prompts = datamodule.generation_prompts(most or self.max_examples, split="test")
         tokenizer = datamodule.tokenizer
         module.eval()
         with torch.no_grad():
@@ -128,11 +137,20 @@ class GenerationEval(L.Callback):
         datamodule = trainer.datamodule
         if not getattr(datamodule, "records", None) or not single_model(trainer, "GenerationEval"):
             return
-        metrics, rows = self.evaluate(pl_module, datamodule)
+        most = test_rows(trainer, datamodule, self.max_examples)
+        if not most:
+            return
+        metrics, rows = self.evaluate(pl_module, datamodule, most)
         for key, value in metrics.items():  # into trainer.test's results and test_metrics.json
             pl_module.log(key, value, rank_zero_only=True)
         paths = self.write(Path(trainer.default_root_dir) / "report", rows)
         log_report_files(trainer.logger, paths)
+
+
+def test_rows(trainer: L.Trainer, datamodule: Any, most: int) -> int:
+    """At most `most` test records, within the rows the test stage read (`limit_test_batches`)."""
+    batch_size = getattr(getattr(datamodule, "data", None), "eval_batch_size", 1)
+    return min(most, limited_rows(trainer, "test", len(datamodule.records["test"]), batch_size))
 
 
 def single_model(trainer: L.Trainer, name: str) -> bool:

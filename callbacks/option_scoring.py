@@ -24,7 +24,8 @@ import lightning as L
 import torch
 from typing_extensions import override
 
-from callbacks.generation_eval import log_report_files, single_model
+from callbacks.generation_eval import log_report_files, single_model, test_rows
+from callbacks.limits import stoppable
 from tunelab.base import prompting
 from tunelab.base.errors import DataError
 
@@ -83,6 +84,8 @@ def gold_option(record: dict) -> str:
 class OptionScoring(L.Callback):
     """At the end of the test epoch, score the test records' answer options (if the data has any).
 
+    Only records in the batches the test stage read count (`trainer.limit_test_batches`).
+
     Args:
         max_examples: test records scored (the first ones).
         chunk: option rows per forward pass.
@@ -92,13 +95,22 @@ class OptionScoring(L.Callback):
         self.max_examples = max_examples
         self.chunk = chunk
 
-    def evaluate(self, module: L.LightningModule, datamodule: Any, options: list[str]) -> list:
-        """One row per scored record: where, gold, predicted and each option's log-likelihood."""
+    def evaluate(
+        self,
+        module: L.LightningModule,
+        datamodule: Any,
+        options: list[str],
+        most: int | None = None,
+    ) -> list:
+        """One row per scored record (the first `most`, default `max_examples`).
+
+        Each row: where, gold, predicted and each option's log-likelihood.
+        """
         data, tokenizer = datamodule.data, datamodule.tokenizer
         texts = [data.answer_text(option) for option in options]
         results = []
         module.eval()
-        for record in datamodule.records["test"][: self.max_examples]:
+        for record in stoppable(datamodule.records["test"][: most or self.max_examples]):
             try:
                 rows = option_rows(tokenizer, record, texts, data, datamodule.max_length)
             except DataError:  # the prompt alone fills max_length: not scorable
@@ -118,7 +130,8 @@ class OptionScoring(L.Callback):
         options = data.answer_options() if hasattr(data, "answer_options") else None
         if not options or not single_model(trainer, "OptionScoring"):
             return
-        results = self.evaluate(pl_module, datamodule, options)
+        most = test_rows(trainer, datamodule, self.max_examples)
+        results = self.evaluate(pl_module, datamodule, options, most) if most else []
         if not results:
             return
         golds = [r["gold"] for r in results]

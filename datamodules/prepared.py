@@ -5,6 +5,9 @@ Under DDP or torchrun every process sets its datamodule up. `prepare_once` lets 
 saved. The cache key (`key_parts`) holds everything that changes the result: the data config
 (batching settings aside), the source files' sizes and mtimes (or the hub revision), the
 tokenizer, `max_length`, the seed, the datamodules' code and the library versions.
+
+`meta.json` also records the size of every file of the entry: an entry cut short or damaged
+since (a full disk, a copy interrupted, a file truncated) is named in a warning and built again.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from datasets import DatasetDict, load_from_disk
 from filelock import FileLock, Timeout
 
 from datamodules import common
+from tunelab.base.errors import CorruptFileError, notice
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when what is stored changes meaning
+FORMAT = 2  # bump when what is stored changes meaning
 META = "meta.json"  # key parts and extras (labels, records) beside the splits
 BATCHING = {"batch_size", "eval_batch_size", "num_workers", "group_by_length"}  # not in the key
 TOKENIZER_FILES = {".json", ".txt", ".model", ".jinja"}  # a model folder's files, weights aside
@@ -121,11 +125,29 @@ def prepare_once(
     try:
         if not (root / key / META).is_file():
             _save(root, key, parts, build)
+        loaded = _load(root / key)
+        if isinstance(loaded, str):  # damaged since it was written: built again
+            notice(f"prepared data in {root / key} is unreadable ({loaded}): preparing it again")
+            _save(root, key, parts, build)
+            loaded = _load(root / key)
+        if isinstance(loaded, str):
+            raise CorruptFileError(f"prepared data in {root / key}: {loaded}; remove that folder")
         log.info("prepared data loaded from %s", root / key)
-        extras = json.loads((root / key / META).read_text())["extras"]
-        return load_from_disk(str(root / key)), extras
+        return loaded
     finally:
         lock.release()
+
+
+def _load(folder: Path) -> Prepared | str:
+    """The splits and extras saved in `folder`, or why they cannot be read."""
+    try:
+        meta = json.loads((folder / META).read_text())
+        for name, size in meta["files"].items():
+            if not (folder / name).is_file() or (folder / name).stat().st_size != size:
+                return f"{name} is missing or cut short"
+        return load_from_disk(str(folder)), meta["extras"]
+    except (OSError, ValueError, KeyError, TypeError) as err:  # ArrowInvalid is a ValueError
+        return f"{type(err).__name__}: {str(err)[:200]}"
 
 
 def _save(root: Path, key: str, parts: dict[str, Any], build: Callable[[], Prepared]) -> None:
@@ -136,7 +158,9 @@ def _save(root: Path, key: str, parts: dict[str, Any], build: Callable[[], Prepa
     try:
         splits, extras = build()
         splits.save_to_disk(str(tmp))
-        (tmp / META).write_text(json.dumps({"key": parts, "extras": extras}, default=str))
+        files = {str(f.relative_to(tmp)): f.stat().st_size for f in tmp.rglob("*") if f.is_file()}
+        meta = {"key": parts, "extras": extras, "files": files}
+        (tmp / META).write_text(json.dumps(meta, default=str))
         shutil.rmtree(final, ignore_errors=True)  # an unfinished entry (no marker)
         os.replace(tmp, final)
     finally:

@@ -28,7 +28,7 @@ from sweeps.space import SweepConfig, suggest, trial_config
 from sweeps.stale import close_dead_trial, fail_dead_local_trials, worker_id
 from tunelab.base.errors import TunelabError
 from tunelab.base.schema import RunConfig
-from tunelab.run.signals import Interrupted
+from tunelab.base.signals import Interrupted
 
 
 class SweepInterrupted(TunelabError):

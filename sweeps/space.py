@@ -235,10 +235,12 @@ def check_sweep(args: list[str], cfg: DictConfig, raw: dict[str, Any]) -> SweepC
     if space is None:
         raise ConfigError(problems)
     _check_values(_variants(args, space, problems), space, problems)
-    if space.pruner != "none" and cfg.trainer.val_check_interval > 1.0:
+    interval = cfg.trainer.val_check_interval  # an int counts batches, as in Lightning
+    if space.pruner != "none" and (isinstance(interval, int) or interval > 1.0):
         problems.append(
             "trainer.val_check_interval: pruning reports at each validation and counts them per "
-            "epoch; give a fraction of an epoch (<= 1.0, e.g. 0.5 for two reports an epoch)"
+            "epoch; give a fraction of an epoch (a float <= 1.0, e.g. 0.5 for two reports an "
+            "epoch; an int counts batches)"
         )
     for n, entry in enumerate(space.enqueue):
         unknown = sorted(set(entry) - set(space.params))

@@ -24,8 +24,9 @@ from test_methods import teacher  # noqa: F401 - the fixture
 
 import run as cli
 from datamodules.resumable import EpochOrder, shuffled
+from tunelab.base import signals
 from tunelab.config.compose import available
-from tunelab.run import resume, signals
+from tunelab.run import resume
 
 RECIPE = "experiment=full_minilm_banking77"
 EXTRA = (

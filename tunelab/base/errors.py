@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class TunelabError(Exception):
     """Base of every error tunelab reports without a traceback (exit code 1)."""
@@ -26,3 +28,27 @@ class ConfigError(TunelabError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"invalid config ({len(problems)} problem(s)):\n{lines}")
+
+
+class DiskFullError(TunelabError):
+    """A file could not be written for lack of space; what was saved before is intact.
+
+    The run stops resumable: freed space, the same command continues it.
+    """
+
+    resumable = True
+
+
+class CorruptFileError(TunelabError):
+    """A file tunelab wrote earlier (a checkpoint, the prepared data, a config) is unreadable.
+
+    Inside a run (its best checkpoint, read for testing) the run stops resumable: the rerun
+    sets the file aside and continues from `resume.ckpt`.
+    """
+
+    resumable = True
+
+
+def notice(message: str) -> None:
+    """Tell the user on stderr what went wrong and what was done about it: `warning: ...`."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -13,11 +13,33 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def batches_or_fraction(value: Any, zero: bool = True) -> int | float:
+    """Lightning's rule for `limit_*_batches` and `val_check_interval`, kept exactly.
+
+    An int counts batches (`1` is one batch), a float in [0.0, 1.0] is a share of the split
+    (`1.0` is all of it); a whole float above 1 (`2.0`) counts batches, as Lightning reads it.
+    """
+    low, interval = ("0", "[0.0, 1.0]") if zero else ("1", "(0.0, 1.0]")
+    rule = f"give an int >= {low} (batches) or a float in {interval} (share of the split)"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(rule)
+    if isinstance(value, float) and value > 1 and value.is_integer():
+        value = int(value)
+    if value < 0 or (not zero and value == 0) or (isinstance(value, float) and value > 1):
+        raise ValueError(f"{rule}; 1 is one batch, 1.0 the whole split")
+    return value
+
+
+# int or float as Lightning reads them (pydantic would turn 1 into 1.0 for a float field)
+Batches = Annotated[int | float, PlainValidator(batches_or_fraction)]
+SomeBatches = Annotated[int | float, PlainValidator(lambda v: batches_or_fraction(v, zero=False))]
 Quantize = Literal["nf4", "fp4", "int8"]
 DType = Literal["float32", "bfloat16", "float16"]
 # Lightning's registered strategy names (multi-process ones: tunelab.config.strategies)
@@ -88,13 +110,14 @@ class TrainerConfig(Strict):
     max_steps: Annotated[int, Field(ge=-1)] = -1
     accumulate_grad_batches: PositiveInt = 1
     gradient_clip_val: Annotated[float, Field(ge=0)] | None = 1.0
-    val_check_interval: Annotated[float, Field(gt=0)] = 1.0
+    # int: batches, float: share of an epoch (Lightning's rule, see `batches_or_fraction`)
+    val_check_interval: SomeBatches = 1.0
     check_val_every_n_epoch: PositiveInt = 1
     log_every_n_steps: PositiveInt = 10
     num_sanity_val_steps: Annotated[int, Field(ge=-1)] = 2
-    limit_train_batches: Annotated[float, Field(gt=0)] = 1.0
-    limit_val_batches: Annotated[float, Field(ge=0)] = 1.0
-    limit_test_batches: Annotated[float, Field(ge=0)] = 1.0
+    limit_train_batches: SomeBatches = 1.0
+    limit_val_batches: Batches = 1.0
+    limit_test_batches: Batches = 1.0
     fast_dev_run: bool | PositiveInt = False
     deterministic: bool = False
     enable_progress_bar: bool = True

@@ -20,10 +20,12 @@ def make_run_dir(run: RunConfig, base: Path | None = None) -> Path:
     """`<output_root>/<name>/<timestamp>` (or `base` when given), made unique."""
     base = base or Path(run.output_root) / run.name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     folder, n = base, 1
-    while folder.exists():
-        folder, n = base.with_name(f"{base.name}_{n}"), n + 1
-    folder.mkdir(parents=True)
-    return folder
+    while True:
+        try:  # atomic: a run started in the same second takes the next name, never this one
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            folder, n = base.with_name(f"{base.name}_{n}"), n + 1
 
 
 def build_datamodule(run: RunConfig) -> Any:
@@ -80,6 +82,7 @@ def build_trainer(run: RunConfig, run_dir: Path, logger: Any, callbacks: list) -
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
+    from tunelab.run.checkpoint import checkpoint_io
     from tunelab.run.finite_loss import FiniteLossGuard
     from tunelab.run.resume_state import ResumeCheckpoint
 
@@ -96,8 +99,10 @@ def build_trainer(run: RunConfig, run_dir: Path, logger: Any, callbacks: list) -
     all_callbacks = [checkpoint, guard, *build_callbacks(run), *callbacks, resumer]
     if run.trainer.enable_progress_bar:
         all_callbacks.append(RichProgressBar())
+    sharded = run.trainer.strategy.startswith(("fsdp", "deepspeed"))  # their own checkpoint files
     trainer = L.Trainer(
         **run.trainer.model_dump(exclude={"checkpoint_every_n_steps", "compile", "precision"}),
+        plugins=None if sharded else [checkpoint_io()],  # atomic writes, weights_only reads
         precision=_precision(run, logger),
         logger=logger,
         callbacks=all_callbacks,

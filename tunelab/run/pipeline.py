@@ -14,11 +14,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from tunelab.base import signals
 from tunelab.base.errors import ConfigError
 from tunelab.base.schema import RunConfig
 from tunelab.config.preflight import preflight
-from tunelab.run import machine, resume, signals
+from tunelab.run import machine, resume
 from tunelab.run.build import build_data_and_module, build_trainer, make_run_dir
+from tunelab.run.checkpoint import space_for, weights_bytes, write_atomic
 from tunelab.run.distributed import exportable, rank_zero_previous, shared_run_dir
 from tunelab.tracking import run_info
 from tunelab.tracking import store as tracking
@@ -117,6 +119,7 @@ class Run:
     def test(self) -> None:
         """Test the best checkpoint (`trainer.limit_test_batches=0` leaves the test split alone)."""
         self.best = self.checkpoint.best_model_path or ""
+        resume.write_state(self.run_dir, "running", phase="test")  # a signal stops it next batch
         tested = self.trainer.test(
             self.module,
             datamodule=self.datamodule,
@@ -125,12 +128,21 @@ class Run:
             weights_only=True,
         )
         self.metrics = tested[0] if tested else {}
+        signals.requested().check()  # a signal in the test's last callbacks: stop before export
 
     def export(self) -> None:
         """Write config, label map, test metrics and the model (rank 0 only); log them."""
         if not self.trainer.is_global_zero:  # one copy, whatever the number of processes
             return
+        resume.write_state(self.run_dir, "running", phase="export")
         module = exportable(self.trainer, self.module, self.best or None)  # FSDP: whole
+        saving = self.config.export.save_model
+        needed = weights_bytes(module, self.config.export.merge) if saving else 0
+        with space_for(self.run_dir, "the run's outputs (export, config, metrics)", needed):
+            self._write_outputs(module)
+        signals.requested().check()  # a signal during the export: stopped, resumable
+
+    def _write_outputs(self, module: Any) -> None:
         files = {
             "config.yaml": _yaml(self.resolved),
             "test_metrics.json": json.dumps(self.metrics, indent=2),
@@ -138,7 +150,7 @@ class Run:
         if self.datamodule.labels:
             files["label_map.json"] = json.dumps(dict(enumerate(self.datamodule.labels)), indent=2)
         for name, text in files.items():
-            (self.run_dir / name).write_text(text)
+            write_atomic(self.run_dir / name, text.encode())
             self.logger.experiment.log_artifact(self.logger.run_id, str(self.run_dir / name))
         if self.config.export.save_model:
             self._save_model(module)
@@ -207,6 +219,7 @@ class Run:
         folder = module.export(self.run_dir / "export")
         self.datamodule.tokenizer.save_pretrained(folder)
         write_info(folder, model_info(self.config, self.datamodule.labels))
+        signals.requested().check()  # SIGTERM while exporting: stop before the slow model log
         if self.config.logger.log_model:
             from tunelab.serving.mlflow_model import log_run_model
 

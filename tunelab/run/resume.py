@@ -1,7 +1,8 @@
 """Which run a command resumes, and the state file that lets the next start decide.
 
 Every run folder holds `run.json`: the MLflow run id, the status (`running`, `killed`,
-`failed`, `finished`), the process (host and pid) and the resolved config. On start,
+`stopped` by a full disk, `failed`, `finished`), the phase (`fit`, `test`, `export`), the
+process (host and pid) and the resolved config. On start,
 `resume=true` (the default) looks through `<output_root>/<name>/` for the newest run that was
 interrupted (killed, or `running` with no live process) and has the same config, and continues
 it in the same folder and MLflow run from `checkpoints/resume.ckpt`. Runs found dead and not
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.base.errors import ConfigError
+from tunelab.base.errors import ConfigError, notice
 from tunelab.base.schema import RunConfig
 from tunelab.run.distributed import is_rank_zero
 from tunelab.tracking.run_info import flatten
@@ -27,7 +28,7 @@ from tunelab.tracking.run_info import flatten
 STATE_FILE = "run.json"
 CHECKPOINT = Path("checkpoints") / "resume.ckpt"
 IGNORED = ("resume", "trainer.enable_progress_bar")  # keys that may change between attempts
-INTERRUPTED = ("killed", "running")
+INTERRUPTED = ("killed", "running", "stopped")  # stopped: by a resumable error (disk full)
 
 
 @dataclass
@@ -72,6 +73,7 @@ def mark_running(run_dir: Path, run_id: str, resolved: dict[str, Any]) -> None:
         host=socket.gethostname(),
         pid=os.getpid(),
         config=comparable(resolved),
+        phase="fit",  # then `test`, `export` (tunelab.run.pipeline)
     )
 
 
@@ -100,13 +102,16 @@ def is_live(state: dict[str, Any]) -> bool:
 
 
 def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`key: was X, now Y` for every key that differs between two flat configs."""
+    """`key: was X, now Y` for every key that differs between two flat configs.
+
+    Compared as JSON text, so `1` (one batch) and `1.0` (the whole split) differ.
+    """
     keys = sorted(set(saved) | set(now))
     missing = "(unset)"
     return [
         f"{k}: was {saved.get(k, missing)!r}, now {now.get(k, missing)!r}"
         for k in keys
-        if saved.get(k, missing) != now.get(k, missing)
+        if json.dumps(saved.get(k, missing)) != json.dumps(now.get(k, missing))
     ]
 
 
@@ -114,6 +119,30 @@ def previous_of(run_dir: Path, state: dict[str, Any]) -> Previous:
     """The `Previous` for a run folder and its state."""
     ckpt = run_dir / CHECKPOINT
     return Previous(run_dir, state["run_id"], str(ckpt) if ckpt.exists() else None)
+
+
+def checked_previous(run_dir: Path, state: dict[str, Any], tracking_uri: str) -> Previous | None:
+    """`previous_of`, or None when the run's `resume.ckpt` is damaged (truncated, corrupt).
+
+    A damaged checkpoint is set aside as `resume.ckpt.corrupt`, the run marked failed (here and
+    in MLflow) and a warning names it: the command then starts a new run.
+    """
+    from tunelab.run.checkpoint import damage
+    from tunelab.tracking.store import set_run_status
+
+    ckpt = run_dir / CHECKPOINT
+    reason = damage(ckpt) if ckpt.exists() else None
+    if reason is None:
+        return previous_of(run_dir, state)
+    ckpt.replace(ckpt.with_name(f"{ckpt.name}.corrupt"))
+    notice(
+        f"{ckpt} is unreadable ({reason}): that run cannot continue; the file is kept as "
+        f"{ckpt.name}.corrupt, the run marked failed, and a new run starts from the beginning"
+    )
+    write_state(run_dir, "failed", reason=f"unreadable {CHECKPOINT}: {reason}")
+    if state.get("run_id"):
+        set_run_status(tracking_uri, state["run_id"], "FAILED")
+    return None
 
 
 def mark_killed(run_dir: Path, state: dict[str, Any], tracking_uri: str) -> None:
@@ -143,19 +172,40 @@ def select(run: RunConfig, resolved: dict[str, Any]) -> Previous | None:
         ConfigError: `resume=<run>` names no run of this experiment, a finished run, or a run
             whose config differs (every differing key is listed).
     """
+    base = Path(run.output_root) / run.name
+    if not base.is_dir():
+        return None
+    import hashlib
+    import tempfile
+
+    from filelock import FileLock
+
+    key = hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:16]  # outside the outputs
+    with FileLock(f"{tempfile.gettempdir()}/tunelab-resume-{key}.lock", timeout=600):
+        chosen = _choose(run, comparable(resolved))
+        if chosen is not None:  # claimed at once: a neighbour starting now sees it running
+            write_state(chosen.run_dir, "running", host=socket.gethostname(), pid=os.getpid())
+    return chosen
+
+
+def _choose(run: RunConfig, now: dict[str, Any]) -> Previous | None:
+    """`select`'s pick, the folder lock held."""
     choice = getattr(run, "resume", True)
-    now = comparable(resolved)
     if isinstance(choice, str):
         return _named(run, choice, now)
     chosen = None
+    uri = run.logger.tracking_uri
     for folder in run_folders(run):
-        state = read_state(folder) or {}
+        state = read_state(folder)
+        if state is None:
+            notice(f"{folder / STATE_FILE} is unreadable: that run is not resumed")
+            continue
         if state.get("status") not in INTERRUPTED or is_live(state):
             continue
         if chosen is None and choice and not differences(state.get("config", {}), now):
-            chosen = previous_of(folder, state)
+            chosen = checked_previous(folder, state, uri)
         elif state.get("status") == "running":
-            mark_killed(folder, state, run.logger.tracking_uri)
+            mark_killed(folder, state, uri)
     return chosen
 
 
@@ -174,7 +224,9 @@ def _named(run: RunConfig, choice: str, now: dict[str, Any]) -> Previous:
                 ]
             )
         folder = matches[0]
-    state = read_state(folder) or {}
+    state = read_state(folder)
+    if state is None:
+        raise ConfigError([f"resume={choice}: {folder / STATE_FILE} is unreadable; resume=false"])
     if state.get("status") == "finished":
         raise ConfigError([f"resume={choice}: that run already finished; use resume=false"])
     if is_live(state):
@@ -187,7 +239,10 @@ def _named(run: RunConfig, choice: str, now: dict[str, Any]) -> Previous:
                 "drop the changed overrides to resume it, or use resume=false for a new run",
             ]
         )
-    return previous_of(folder, state)
+    previous = checked_previous(folder, state, run.logger.tracking_uri)
+    if previous is None:
+        raise ConfigError([f"resume={choice}: its {CHECKPOINT} is unreadable; use resume=false"])
+    return previous
 
 
 def drop_if_empty(run_dir: Path) -> None:
@@ -206,18 +261,25 @@ def stopped(err: BaseException, logger: Any, run_dir: Path) -> BaseException:
     """
     import signal as signals_module
 
-    from tunelab.run.signals import Interrupted, requested
+    from tunelab.base.signals import Interrupted, requested
 
     signum = requested().signum
     if isinstance(err, Interrupted | KeyboardInterrupt | SystemExit) or signum is not None:
         logger.finalize("KILLED")
         write_state(run_dir, "killed")
         if isinstance(err, Interrupted):
+            err.run_dir = err.run_dir or run_dir
             return err
         if type(err).__name__ == "SIGTERMException":
             signum = signals_module.SIGTERM
         return Interrupted(signum or signals_module.SIGINT, run_dir)
     logger.finalize("FAILED")
+    from tunelab.run.checkpoint import named_disk_full
+
+    err = named_disk_full(err, run_dir)
+    if getattr(err, "resumable", False):  # a full disk: the same command continues the run
+        write_state(run_dir, "stopped", reason=str(err).split(";")[0])
+        return err
     write_state(run_dir, "failed")
     drop_if_empty(run_dir)
     return err

@@ -8,7 +8,6 @@ resumed run computes the same losses as one never interrupted.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,9 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from typing_extensions import override
 
-from tunelab.run.signals import Interrupted, requested
+from tunelab.base.errors import notice
+from tunelab.base.signals import Interrupted, requested
+from tunelab.run.checkpoint import damage
 
 RESUME_FILE = "resume.ckpt"
 
@@ -30,7 +31,7 @@ class ResumeCheckpoint(Checkpoint):
     A `Checkpoint`, so Lightning runs it after the best-model `ModelCheckpoint` (given before
     it) and the state it saves after validation already knows the new best model.
 
-    When SIGINT or SIGTERM was received (`tunelab.run.signals.graceful_stop`) it saves after the
+    When SIGINT or SIGTERM was received (`tunelab.base.signals.graceful_stop`) it saves after the
     batch in progress and raises `Interrupted`.
 
     Args:
@@ -47,12 +48,23 @@ class ResumeCheckpoint(Checkpoint):
         return self.folder / RESUME_FILE
 
     def save(self, trainer: L.Trainer) -> None:
-        """Write the checkpoint to a temporary file, then move it into place."""
+        """Write the checkpoint whole or not at all (`tunelab.run.checkpoint.SafeCheckpointIO`).
+
+        The run's checkpoint IO writes a temporary file in the folder and renames it, so the
+        previous `resume.ckpt` stays intact when this one cannot be written (a full disk).
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # restored: a best checkpoint gone or damaged since is forgotten, not tested later
+        for callback in trainer.checkpoint_callbacks:
+            path = getattr(callback, "best_model_path", "")
+            if path and path != str(self.path):
+                reason = damage(path) if Path(path).exists() else "missing"
+                if reason is not None:
+                    forget_best(callback, Path(path), reason, trainer.is_global_zero)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -92,6 +104,10 @@ class ResumeCheckpoint(Checkpoint):
         # after the epoch's validation and the best-model checkpoint (saved on this hook)
         self._save_or_stop(trainer)
 
+    @override
+    def on_test_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        requested().check()  # SIGTERM while testing: stop now; the rerun tests again
+
     def _save_or_stop(self, trainer: L.Trainer) -> None:
         self.save(trainer)
         if requested().signum is not None:
@@ -117,6 +133,21 @@ class ResumeCheckpoint(Checkpoint):
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def forget_best(callback: Any, path: Path, reason: str, rank_zero: bool = True) -> None:
+    """Set a damaged best checkpoint aside and let the next validations choose a new best."""
+    callback.best_k_models, callback.best_model_path = {}, ""
+    callback.best_model_score, callback.kth_best_model_path = None, ""
+    if not rank_zero:
+        return
+    if path.exists():
+        path.replace(path.with_name(f"{path.name}.corrupt"))
+    notice(
+        f"best checkpoint {path} is unreadable ({reason}): kept as {path.name}.corrupt; the best "
+        "of the validations still to come is kept instead (if none comes, the final weights are "
+        "tested)"
+    )
 
 
 def _validates_next(trainer: L.Trainer) -> bool:

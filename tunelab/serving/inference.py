@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.base.errors import DataError, ModelLoadError, TunelabError
+from tunelab.base.errors import CorruptFileError, DataError, ModelLoadError, TunelabError
 from tunelab.base.plugin import MethodConfig, TaskConfig
 
 INFO_FILE = "model_info.json"
@@ -54,7 +54,14 @@ def read_info(folder: Path) -> dict[str, Any]:
             f"{folder} has no {INFO_FILE}: it is not a tunelab export folder. Fix: pass a run's "
             "export folder (<run folder>/export), runs:/<run_id>/model or models:/<name>@<alias>"
         )
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # cut short or damaged
+        raise CorruptFileError(
+            f"{path} is unreadable ({type(err).__name__}: {str(err).splitlines()[0][:200]}); it "
+            "was cut short or damaged. The run's MLflow model holds the same export: use "
+            "runs:/<run_id>/model, or rerun the export"
+        ) from None
 
 
 def plugin(group: str, saved: dict[str, Any]) -> Any:
