@@ -15,7 +15,9 @@ The exported model generates like an instruction-tuned one (`causal_lm`'s predic
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -23,16 +25,29 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, PrivateAttr
 
 from tasks.causal_lm import CausalLM
-from tunelab.base.plugin import Labels, MethodConfig
+from tunelab.base.errors import ModelLoadError
+from tunelab.base.plugin import Labels, MethodConfig, ModelProbe
 
 REFERENCE = "reference"  # the name of the frozen SFT adapter beside the one that trains
 MODEL_KEYS = ("input_ids", "attention_mask")
 
 
-def adapter_folder(path: str) -> Path:
-    """The folder holding `adapter_config.json`: `path` itself or its `export/` (a run folder)."""
-    folder = Path(path).expanduser()
-    return folder / "export" if (folder / "export" / "adapter_config.json").is_file() else folder
+def adapter_folder(path: str) -> Path | None:
+    """The folder holding `adapter_config.json`: `path` or its `export/` (a run folder).
+
+    A glob (`outputs/lora_mistral/*`) picks the newest match; None when nothing matches.
+    """
+    matches = sorted(glob.glob(str(Path(path).expanduser())), key=os.path.getmtime, reverse=True)
+    for match in matches:
+        for folder in (Path(match), Path(match) / "export"):
+            if (folder / "adapter_config.json").is_file():
+                return folder
+    return None
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two `name_or_path` values name one model (local folders compared resolved)."""
+    return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 class Preference(CausalLM):
@@ -61,7 +76,7 @@ class Preference(CausalLM):
     _frozen: Any = PrivateAttr(default=None)  # the frozen reference copy (non-PEFT methods)
 
     def check(self, run: dict[str, Any], problems: list[str]) -> None:
-        """Data layout and loss agree; a reference adapter exists and fits the base."""
+        """The data layout fits the loss; a reference adapter only with a loss that has one."""
         from tasks.preference_losses import REFERENCED
 
         unpaired = bool((run.get("data") or {}).get("unpaired"))
@@ -72,28 +87,30 @@ class Preference(CausalLM):
                 f"task.loss={self.objective} needs {layout} data but "
                 f"data.unpaired={str(unpaired).lower()}; set {fix}"
             )
-        if self.reference_adapter is not None:
-            if self.objective not in REFERENCED:
-                problems.append(
-                    f"task.reference_adapter: task.loss={self.objective} uses no reference; use "
-                    "task.loss=dpo|ipo|kto, or start ORPO/SimPO from the base"
-                )
-            self._check_adapter(str((run.get("model") or {}).get("name_or_path")), problems)
-
-    def _check_adapter(self, base: str, problems: list[str]) -> None:
-        folder = adapter_folder(str(self.reference_adapter))
-        if not (folder / "adapter_config.json").is_file():
+        if self.reference_adapter is not None and self.objective not in REFERENCED:
             problems.append(
-                f"task.reference_adapter: no adapter_config.json in '{folder}'; give the export "
-                "folder (or run folder) of an SFT run with a PEFT method (lora, ...)"
+                f"task.reference_adapter: task.loss={self.objective} uses no reference; use "
+                "task.loss=dpo|ipo|kto, or start ORPO/SimPO from the base"
+            )
+
+    def check_model(self, probe: ModelProbe, problems: list[str]) -> None:
+        """The reference adapter exists and was trained on this base."""
+        if self.reference_adapter is None:
+            return
+        folder = adapter_folder(self.reference_adapter)
+        if folder is None:
+            problems.append(
+                f"task.reference_adapter: no PEFT adapter at '{self.reference_adapter}'; give "
+                "the folder (or export/ folder) of an SFT run with a PEFT method, e.g. "
+                "outputs/lora_mistral/<timestamp> after python run.py experiment=lora_mistral"
             )
             return
         info = folder / "model_info.json"
         trained_on = json.loads(info.read_text()).get("base") if info.is_file() else None
-        if trained_on and Path(trained_on).expanduser().resolve() != Path(base).resolve():
+        if trained_on and not same_model(trained_on, probe.name_or_path):
             problems.append(
                 f"task.reference_adapter was trained on base '{trained_on}' but "
-                f"model.name_or_path='{base}'; set model.name_or_path={trained_on}"
+                f"model.name_or_path='{probe.name_or_path}'; set model.name_or_path={trained_on}"
             )
 
     def adapt(self, model: Any, method: MethodConfig) -> Any:
@@ -104,6 +121,9 @@ class Preference(CausalLM):
 
         if self.reference_adapter is not None:
             folder = adapter_folder(self.reference_adapter)
+            if folder is None:  # checked before loading; gone since
+                where = self.reference_adapter
+                raise ModelLoadError(f"task.reference_adapter: no adapter at '{where}'")
             policy = PeftModel.from_pretrained(model, folder, is_trainable=True)
             policy.load_adapter(folder, adapter_name=REFERENCE, is_trainable=False)
             policy.set_adapter("default")

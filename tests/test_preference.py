@@ -70,6 +70,7 @@ def overrides(tiny: tuple[Path, Path], *extra: str) -> list[str]:
         "experiment=dpo_tiny_mistral",
         f"model.name_or_path={model}",
         "model.max_length=64",
+        "data=preference_file",
         f"data.root={root}",
         "data.path=pairs",
         "trainer.max_epochs=3",
@@ -133,7 +134,7 @@ def test_pairs_batch_as_chosen_over_rejected_with_the_prompt_masked(tiny):
 
 
 def test_unpaired_file_needs_unpaired_and_batches_carry_mismatched_rows(tiny):
-    with pytest.raises(DataError, match="data.unpaired=true and task.loss=kto"):
+    with pytest.raises(DataError, match=r"data\.unpaired=true and task\.loss=kto"):
         datamodule(tiny[1], tiny[0], path="kto").setup()
     dm = datamodule(tiny[1], tiny[0], path="kto", unpaired=True, eval_batch_size=4)
     dm.setup()
@@ -188,7 +189,7 @@ def test_learns_a_synthetic_preference_on_held_out_pairs(tmp_path, tiny, loss):
 @pytest.mark.slow
 def test_kto_trains_on_unpaired_labels(tmp_path, tiny):
     args = overrides(tiny, "task.loss=kto", "data.unpaired=true", "data.path=kto")
-    code, client, run = run_cli(tmp_path, args)
+    code, _, run = run_cli(tmp_path, args)
     assert code == 0
     metrics = run.data.metrics
     assert metrics["val/rewards/chosen"] > 0 > metrics["val/rewards/rejected"]
@@ -198,9 +199,69 @@ def test_kto_trains_on_unpaired_labels(tmp_path, tiny):
 @pytest.mark.slow
 def test_rewards_stuck_at_zero_stop_with_the_cause(tmp_path, tiny, capsys):
     args = overrides(tiny, "optim.lr=1e-30", "trainer.max_steps=6")
-    code, client, run = run_cli(tmp_path, args)
+    code, _, run = run_cli(tmp_path, args)
     assert code != 0
     err = capsys.readouterr().err
     assert "error: the rewards are exactly 0 after 3 optimiser steps" in err
     assert "optim.lr too small" in err and "Traceback" not in err
     assert run.info.status == "FAILED"
+
+
+# ----------------------------------------------------------------------------- SFT -> DPO
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, tiny) -> Path:
+    """The folder of a real LoRA SFT run on the tiny QA rows (its adapter in export/)."""
+    folder = tmp_path_factory.mktemp("sft")
+    model, root = tiny
+    extra = ("optim.lr=1e-2", "trainer.max_epochs=4", "logger.log_model=false")
+    args = ["experiment=lora_tiny_mistral", *decoder_overrides(model, root, *extra)]
+    assert run_cli(folder, [*args, "export.merge=false"])[0] == 0
+    [run_dir] = (folder / "outputs").glob("*/*")
+    return run_dir
+
+
+def logps_of(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+    from tasks.preference_losses import sequence_logps
+
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        return sequence_logps(model(**inputs).logits, batch["labels"]).total
+
+
+@pytest.mark.slow
+def test_sft_then_dpo_uses_the_sft_adapter_as_the_reference(tiny, sft_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.config.validate import load_config
+    from tunelab.run.build import build_data_and_module
+
+    _, config = load_config(overrides(tiny, f"task.reference_adapter={sft_run}"))
+    datamodule, module = build_data_and_module(config)
+    batch = next(iter(datamodule.val_dataloader()))
+    with module.task.reference(module.model) as reference:
+        found = logps_of(reference, batch)
+    base = AutoModelForCausalLM.from_pretrained(tiny[0])
+    base_logps = logps_of(base, batch)
+    sft = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny[0]), sft_run / "export"
+    )
+    assert torch.allclose(found, logps_of(sft, batch), atol=1e-4)
+    assert (found - base_logps).abs().max() > 1.0  # SFT moved it: the base is not the reference
+    assert module.task.forward(module.model, batch).loss.item() == pytest.approx(
+        math.log(2), abs=1e-5
+    )
+    trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".default." in n for n in trainable)  # the copy trains, not the SFT
+
+
+def test_reference_adapter_on_another_base_is_refused(tmp_path, tiny, capsys):
+    adapter = tmp_path / "export"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "model_info.json").write_text(json.dumps({"base": "/elsewhere/model"}))
+    code, _, _ = run_cli(tmp_path, overrides(tiny, f"task.reference_adapter={tmp_path}"))
+    assert code == 2
+    assert (
+        "task.reference_adapter was trained on base '/elsewhere/model'" in capsys.readouterr().err
+    )

@@ -53,7 +53,7 @@ def trainer(**fields) -> SimpleNamespace:
 
 
 def token_logps(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-token log-probs [rows, T - 1] zero outside the completion, completion mask [rows, T])."""
+    """(per-token log-probs [rows, T - 1], 0 outside the completion; completion mask [rows, T])."""
     gen = torch.Generator().manual_seed(seed)
     mask = torch.zeros(rows, T, dtype=torch.long)
     for i in range(rows):

@@ -86,6 +86,9 @@ class TaskConfig(Plugin):
     def check(self, run: dict[str, Any], problems: list[str]) -> None:
         """Append problems of the resolved config that only this task can see."""
 
+    def check_model(self, probe: ModelProbe, problems: list[str]) -> None:
+        """Append problems only visible with the model at hand (checked before loading it)."""
+
     def model_kwargs(self, labels: list[str] | None) -> dict[str, Any]:
         """Extra `from_pretrained` arguments (classification: the label maps)."""
         return {}
