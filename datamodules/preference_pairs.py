@@ -33,6 +33,16 @@ class PubMedQAPairs(PreferenceData):
     path: str = "pubmedqa"
     val_size: SplitSize = 50
 
+    def answer_options(self) -> list[str] | None:
+        """The decisions (yes, no, maybe), scored on test by `callbacks.option_scoring`."""
+        from datamodules.pubmedqa import DECISIONS
+
+        return list(DECISIONS)
+
+    def answer_text(self, option: str) -> str:
+        """`Answer: <decision>`, as the pairs end (and as `data=pubmedqa` SFT was trained)."""
+        return f"Answer: {option}"
+
     def load(self, seed: int) -> dict[str, list[Record]]:
         """One pair per PMID: the long answer, then `Answer: <gold>` over `Answer: <wrong>`."""
         from datamodules.pubmedqa import DECISIONS, PubMedQA
@@ -59,6 +69,7 @@ class PubMedQAPairs(PreferenceData):
                         "input": record["input"],
                         "chosen": f"{reasoning}\nAnswer: {gold}",
                         "rejected": f"{reasoning}\nAnswer: {wrong}",
+                        "answer": gold,
                         "row": record["row"],
                     }
                 )

@@ -157,7 +157,8 @@ def test_pubmedqa_pairs_differ_only_in_the_decision():
         reasoning, chosen = pair["chosen"].rsplit("\nAnswer: ", 1)
         rejected_reasoning, rejected = pair["rejected"].rsplit("\nAnswer: ", 1)
         assert reasoning == rejected_reasoning and chosen != rejected
-        assert chosen == gold[pair["row"].split()[1]]["final_decision"]
+        assert chosen == gold[pair["row"].split()[1]]["final_decision"] == pair["answer"]
+    assert data.answer_options() == ["yes", "no", "maybe"]  # scored on test after tuning
 
 
 @pytest.mark.skipif(not (SHARED / "medquad").is_dir(), reason="no shared MedQuAD copy")
@@ -184,6 +185,11 @@ def test_learns_a_synthetic_preference_on_held_out_pairs(tmp_path, tiny, loss):
     if loss == "dpo":  # the policy starts as its reference: ln 2 and zero rewards
         assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
         assert first["rewards/chosen"] == 0.0
+        from tunelab.serving.inference import Predictor  # served like an instruction model
+
+        [export] = (tmp_path / "outputs").glob("*/*/export")
+        [out] = Predictor(export).predict([{"instruction": "What is gout ?"}], max_new_tokens=4)
+        assert isinstance(out["generation"], str)
 
 
 @pytest.mark.slow
