@@ -271,3 +271,28 @@ def test_reference_adapter_on_another_base_is_refused(tmp_path, tiny, capsys):
     assert (
         "task.reference_adapter was trained on base '/elsewhere/model'" in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_reference_is_the_starting_model_and_stays_frozen(tiny, method):
+    """LoRA: the adapter disabled; full fine-tuning: a frozen copy. A step moves only the policy."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.config.validate import load_config
+    from tunelab.run.build import build_data_and_module
+
+    clear = ["~method.r", "~method.alpha"] if method == "full" else []
+    _, config = load_config(overrides(tiny, f"method={method}", "optim.lr=1e-2", *clear))
+    datamodule, module = build_data_and_module(config)
+    batch = next(iter(datamodule.val_dataloader()))
+    outputs = module.task.forward(module.model, batch)
+    assert outputs.loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    optimizer = torch.optim.SGD([p for p in module.model.parameters() if p.requires_grad], lr=1.0)
+    outputs.loss.backward()
+    optimizer.step()
+    with module.task.reference(module.model) as reference:
+        after = logps_of(reference, batch)
+    base = logps_of(AutoModelForCausalLM.from_pretrained(tiny[0]), batch)
+    assert torch.allclose(after, base, atol=1e-5)  # the reference is still the base
+    moved = module.task.forward(module.model, batch)
+    assert moved.loss.item() < math.log(2) and moved.stats()["rewards/chosen"].abs().max() > 0
