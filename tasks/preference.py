@@ -158,14 +158,15 @@ class Preference(CausalLM):
         from tasks import preference_losses as losses
 
         inputs = {k: batch[k] for k in MODEL_KEYS if k in batch}
+        if self.objective in losses.REFERENCED:  # first: switching adapters leaves no graph
+            with torch.no_grad(), self.reference(model) as ref:
+                logits = ref(**inputs, use_cache=False).logits
+                reference = losses.sequence_logps(logits, batch["labels"])
         policy = losses.sequence_logps(model(**inputs, use_cache=False).logits, batch["labels"])
         if self.objective == "orpo":
             return losses.orpo(policy, self.beta)
         if self.objective == "simpo":
             return losses.simpo(policy, self.beta, self.gamma)
-        with torch.no_grad(), self.reference(model) as ref:
-            logits = ref(**inputs, use_cache=False).logits
-            reference = losses.sequence_logps(logits, batch["labels"])
         if self.objective == "kto":
             return losses.kto(policy, reference, batch["desirable"], self.beta)
         scorer = losses.dpo if self.objective == "dpo" else losses.ipo

@@ -261,6 +261,14 @@ def test_sft_then_dpo_uses_the_sft_adapter_as_the_reference(tiny, sft_run):
     assert trainable and all(".default." in n for n in trainable)  # the copy trains, not the SFT
 
 
+@pytest.mark.slow
+def test_dpo_from_an_sft_adapter_learns_the_preference(tmp_path, tiny, sft_run):
+    args = overrides(tiny, f"task.reference_adapter={sft_run}")
+    code, client, run = run_cli(tmp_path, args)
+    assert code == 0 and run.data.metrics["val/rewards/accuracies"] >= 0.9
+    assert history(client, run, "train/loss")[0] == pytest.approx(math.log(2), abs=1e-5)
+
+
 def test_reference_adapter_on_another_base_is_refused(tmp_path, tiny, capsys):
     adapter = tmp_path / "export"
     adapter.mkdir()
