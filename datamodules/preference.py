@@ -39,7 +39,13 @@ def collate_pairs(features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]
     """[chosen; rejected] rows, right-padded to one width (`prompting.collate`)."""
     chosen = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
     rejected = [{"input_ids": f["rejected_ids"], "labels": f["rejected_labels"]} for f in features]
-    return prompting.collate(chosen + rejected, pad_id)
+    batch = prompting.collate(chosen + rejected, pad_id)
+    if "ref_chosen" in features[0]:  # precomputed by callbacks.reference_logps
+        import torch
+
+        scores = [f["ref_chosen"] for f in features] + [f["ref_rejected"] for f in features]
+        batch["reference_logps"] = torch.tensor(scores, dtype=torch.float32)
+    return batch
 
 
 def prompt_length(labels: list[int]) -> int:
@@ -136,6 +142,10 @@ class PreferenceDataModule(InstructionDataModule):
         records = self._load()
         rows = {s: self.encode_split(s, r) for s, r in records.items()}
         return DatasetDict({s: Dataset.from_list(r) for s, r in rows.items()}), {"records": records}
+
+    def ordered_loader(self, split: str) -> DataLoader:
+        """A split's batches in row order (for scoring every row once)."""
+        return self._loader(split, shuffle=False)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         assert self.splits is not None, "call setup() first"

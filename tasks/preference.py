@@ -73,6 +73,7 @@ class Preference(CausalLM):
     gamma: Annotated[float, Field(ge=0)] = 0.5
     reference_adapter: str | None = None
     disable_dropout: bool = True
+    precompute_reference: bool = False  # DPO/IPO: score with the reference once, then free it
     _frozen: Any = PrivateAttr(default=None)  # the frozen reference copy (non-PEFT methods)
 
     def check(self, run: dict[str, Any], problems: list[str]) -> None:
@@ -86,6 +87,11 @@ class Preference(CausalLM):
             problems.append(
                 f"task.loss={self.objective} needs {layout} data but "
                 f"data.unpaired={str(unpaired).lower()}; set {fix}"
+            )
+        if self.precompute_reference and self.objective not in ("dpo", "ipo"):
+            problems.append(
+                f"task.precompute_reference: only for task.loss=dpo|ipo (not {self.objective}); "
+                "set task.precompute_reference=false"
             )
         if self.reference_adapter is not None and self.objective not in REFERENCED:
             problems.append(
@@ -151,6 +157,12 @@ class Preference(CausalLM):
             with model.disable_adapter():
                 yield model
 
+    def release_reference(self, model: Any) -> None:
+        """Free a reference that is no longer needed (its log-probabilities were precomputed)."""
+        self._frozen = None
+        if REFERENCE in getattr(model, "peft_config", {}):
+            model.delete_adapter(REFERENCE)
+
     def forward(self, model: Any, batch: dict[str, Any]) -> Any:
         """Policy (and reference) log-probabilities of every row, then the loss's scores."""
         import torch
@@ -158,11 +170,13 @@ class Preference(CausalLM):
         from tasks import preference_losses as losses
 
         inputs = {k: batch[k] for k in MODEL_KEYS if k in batch}
-        if self.objective in losses.REFERENCED:  # first: switching adapters leaves no graph
-            with torch.no_grad(), self.reference(model) as ref:
+        if self.objective in losses.REFERENCED and "reference_logps" not in batch:
+            with torch.no_grad(), self.reference(model) as ref:  # first: no graph is built yet
                 logits = ref(**inputs, use_cache=False).logits
                 reference = losses.sequence_logps(logits, batch["labels"])
         policy = losses.sequence_logps(model(**inputs, use_cache=False).logits, batch["labels"])
+        if "reference_logps" in batch:  # precomputed (callbacks.reference_logps)
+            reference = losses.Logps(batch["reference_logps"].to(policy.total), policy.tokens)
         if self.objective == "orpo":
             return losses.orpo(policy, self.beta)
         if self.objective == "simpo":

@@ -174,9 +174,12 @@ def test_medquad_pairs_reject_another_answer_on_the_same_focus():
 
 # ----------------------------------------------------------------------------- training
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["dpo", "orpo", "simpo"])
-def test_learns_a_synthetic_preference_on_held_out_pairs(tmp_path, tiny, loss):
-    code, client, run = run_cli(tmp_path, overrides(tiny, f"task.loss={loss}"))
+@pytest.mark.parametrize(
+    ("loss", "extra"),
+    [("dpo", []), ("orpo", []), ("simpo", []), ("dpo", ["task.precompute_reference=true"])],
+)
+def test_learns_a_synthetic_preference_on_held_out_pairs(tmp_path, tiny, loss, extra):
+    code, client, run = run_cli(tmp_path, overrides(tiny, f"task.loss={loss}", *extra))
     assert code == 0
     metrics = run.data.metrics
     assert metrics["val/rewards/accuracies"] >= 0.9 and metrics["test/rewards/accuracies"] >= 0.9
@@ -304,3 +307,29 @@ def test_reference_is_the_starting_model_and_stays_frozen(tiny, method):
     assert torch.allclose(after, base, atol=1e-5)  # the reference is still the base
     moved = module.task.forward(module.model, batch)
     assert moved.loss.item() < math.log(2) and moved.stats()["rewards/chosen"].abs().max() > 0
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_precomputed_reference_logps_give_the_same_loss_and_free_the_reference(tiny, method):
+    from types import SimpleNamespace
+
+    from callbacks.reference_logps import ReferenceLogps
+    from tunelab.config.validate import load_config
+    from tunelab.run.build import build_data_and_module
+
+    clear = ["~method.r", "~method.alpha"] if method == "full" else []
+    args = overrides(tiny, f"method={method}", "task.precompute_reference=true", *clear)
+    _, config = load_config(args)
+    datamodule, module = build_data_and_module(config)
+    plain = next(iter(datamodule.val_dataloader()))
+    with torch.no_grad():  # move the policy away from its reference
+        for p in (p for p in module.model.parameters() if p.requires_grad):
+            p.add_(torch.randn_like(p) * 0.05)
+    expected = module.task.forward(module.model, plain)
+    ReferenceLogps().on_fit_start(SimpleNamespace(datamodule=datamodule), module)
+    batch = next(iter(datamodule.val_dataloader()))
+    assert batch["reference_logps"].shape == (batch["labels"].shape[0],)
+    found = module.task.forward(module.model, batch)
+    assert found.loss.item() == pytest.approx(expected.loss.item(), abs=1e-5)
+    assert found.loss.item() != pytest.approx(math.log(2), abs=1e-3)
+    assert module.task._frozen is None  # full fine-tuning's copy is gone
