@@ -117,3 +117,30 @@ class InstructionData(AuditedData):
     def answer_text(self, option: str) -> str:
         """The response text that stands for `option` (what the model was trained to write)."""
         return option
+
+
+class PreferenceData(DataConfig):
+    """Preference pairs for decoders: `load` returns (prompt, chosen, rejected) records.
+
+    Subclasses implement `load(seed) -> {"train": [...], "validation": [...], "test": [...]}`
+    with records `{"instruction", "input", "chosen", "rejected", "row"}` (the prompt is the
+    instruction, plus its input, rendered as in instruction tuning), or, for unpaired data
+    (KTO), `{"instruction", "input", "completion", "label", "row"}` with a boolean `label`
+    (desirable or not). With `unpaired=true` pairs become two labelled completions each.
+    """
+
+    family: ClassVar[str] = "preference"
+    datamodule: ClassVar[str] = "datamodules.preference.PreferenceDataModule"
+
+    template: Literal["auto", "chat", "plain"] = "auto"
+    system_prompt: str | None = None
+    unpaired: bool = False  # KTO's layout (task.loss=kto)
+    group_by_length: bool = True
+    max_train_samples: PositiveInt | None = None
+    batch_size: PositiveInt = 4
+    eval_batch_size: PositiveInt = 8
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    def load(self, seed: int) -> dict[str, list[Record]]:
+        """Train/validation/test records."""
+        raise NotImplementedError

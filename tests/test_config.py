@@ -170,12 +170,20 @@ def _args_for(group: str, option: str) -> list[str]:
 
     args = [f"{group}={option}"]
     raw = OmegaConf.to_container(OmegaConf.load(GROUP_DIRS[group] / f"{option}.yaml"))
-    if group == "data" and locate_plugin("data", raw["_target_"]).family == "instruction":
-        args += ["model=tiny_mistral", "task=causal_lm"]
+    decoder_data = {
+        "instruction": ("medquad", "causal_lm"),
+        "preference": ("medquad_pairs", "preference"),
+    }
+    if (
+        group == "data"
+        and (family := locate_plugin("data", raw["_target_"]).family) in decoder_data
+    ):
+        args += ["model=tiny_mistral", f"task={decoder_data[family][1]}"]
     if group == "model" and option in ("tiny_mistral", "tiny_llama", "mistral_7b"):
         args += ["data=medquad", "task=causal_lm"]
-    if group == "task" and locate_plugin("task", raw["_target_"]).data_family == "instruction":
-        args += ["data=medquad", "model=tiny_mistral"]
+    reads = locate_plugin("task", raw["_target_"]).data_family if group == "task" else ""
+    if reads in decoder_data:
+        args += [f"data={decoder_data[reads][0]}", "model=tiny_mistral"]
     if raw.get("path") == "???":
         args.append("data.path=somewhere.csv")
     if group == "method" and "teacher" in locate_plugin("method", raw["_target_"]).model_fields:

@@ -24,6 +24,8 @@ LOADERS = [
     "clinc150",
     "instruction_file",
     "medquad",
+    "preference_file",
+    "preference_pairs",
     "pubmedqa",
     "text_classification",
 ]
@@ -59,9 +61,10 @@ def _clinc(**values) -> Clinc150:
 
 @pytest.mark.parametrize("yaml", sorted(p.stem for p in (REPO / "configs" / "data").glob("*")))
 def test_every_data_yaml_validates_into_its_class(yaml):
-    values = {"path": "somewhere"} if yaml in ("instruction", "text_classification") else {}
+    needs_path = ("instruction", "preference_file", "text_classification")
+    values = {"path": "somewhere"} if yaml in needs_path else {}
     config = _config(yaml, **values)
-    assert config.name == yaml and config.family in ("classification", "instruction")
+    assert config.name == yaml and config.family in ("classification", "instruction", "preference")
     assert config.dump()["_target_"].endswith(type(config).__name__)
     text = (REPO / "configs" / "data" / f"{yaml}.yaml").read_text()
     assert text.startswith("# ")  # the description `run.py --help` shows

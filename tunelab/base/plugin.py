@@ -86,8 +86,27 @@ class TaskConfig(Plugin):
     def check(self, run: dict[str, Any], problems: list[str]) -> None:
         """Append problems of the resolved config that only this task can see."""
 
+    def check_model(self, probe: ModelProbe, problems: list[str]) -> None:
+        """Append problems only visible with the model at hand (checked before loading it)."""
+
     def model_kwargs(self, labels: list[str] | None) -> dict[str, Any]:
         """Extra `from_pretrained` arguments (classification: the label maps)."""
+        return {}
+
+    def adapt(self, model: Any, method: MethodConfig) -> Any:
+        """Turn the loaded base into the model that trains (default: the method's `adapt`).
+
+        A task that needs more than the method's model (preference tuning: its reference)
+        builds it here, once, before any checkpoint is loaded into what trains.
+        """
+        return method.adapt(model, self)
+
+    def forward(self, model: Any, batch: dict[str, Any]) -> Any:
+        """The outputs of one batch; `outputs.loss` is its loss (default: `model(**batch)`)."""
+        return model(**batch)
+
+    def step_logs(self, outputs: Any) -> dict[str, Any]:
+        """Scalars of one training batch logged under `train/` beside the loss, by name."""
         return {}
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> Any:

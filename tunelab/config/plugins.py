@@ -58,9 +58,9 @@ def locate_plugin(group: str, target: Any) -> type[BaseModel] | str:
 
 
 def field_defaults(schema: type[BaseModel]) -> dict[str, Any]:
-    """The default of every optional field of a config class, as plain data."""
+    """The default of every optional field of a config class (by its alias), as plain data."""
     return {
-        name: (list(value) if isinstance(value, tuple) else value)
+        field.alias or name: (list(value) if isinstance(value, tuple) else value)
         for name, field in schema.model_fields.items()
         if not field.is_required() and name != "target"
         for value in [field.get_default(call_default_factory=True)]

@@ -61,6 +61,7 @@ def preflight(run: RunConfig, problems: list[str] | None = None) -> ModelProbe |
         )
     check_config_overrides(run.model.config_overrides, probe, problems)
     run.method.check(probe, run.task, problems)
+    run.task.check_model(probe, problems)
     if problems and not collect:
         raise ConfigError(problems)
     return probe

@@ -93,7 +93,7 @@ class FineTuneModule(L.LightningModule):
             logger=False,
         )
         models.gate_bitsandbytes(model.quantize is not None)
-        self.model = method.adapt(models.prepare_base(self.load_base(), model), task)
+        self.model = task.adapt(models.prepare_base(self.load_base(), model), method)
         # `from_pretrained` returns a model in eval mode and Lightning keeps each submodule's
         # mode, so without this dropout would stay off for the whole of training
         self.model.train()
@@ -130,7 +130,7 @@ class FineTuneModule(L.LightningModule):
         return self.method.loss(outputs, batch, self.task)
 
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        outputs = self.model(**batch)
+        outputs = self.task.forward(self.model, batch)
         loss = self.compute_loss(outputs, batch) if stage == "train" else outputs.loss
         size = batch["labels"].shape[0]
         train = stage == "train"
@@ -143,7 +143,10 @@ class FineTuneModule(L.LightningModule):
             on_step=train,
             sync_dist=True,
         )
-        if not train:
+        if train:
+            logs = {f"train/{k}": v for k, v in self.task.step_logs(outputs).items()}
+            self.log_dict(logs, batch_size=size, on_step=True, on_epoch=False, sync_dist=True)
+        else:
             metrics = self.val_metrics if stage == "val" else self.test_metrics
             metrics.update(*self.task.metric_inputs(outputs, batch))
         return loss
