@@ -20,7 +20,7 @@ from conftest import tiny_overrides
 from mlflow import MlflowClient
 
 import run as cli
-from tunelab import resume
+from tunelab.run import resume
 from tunelab.run.checkpoint import read_checkpoint
 
 RECIPE = "experiment=full_minilm_banking77"
@@ -163,7 +163,7 @@ class StopAt(L.Callback):
     def on_train_batch_end(self, trainer, *args) -> None:
         import signal
 
-        from tunelab import signals
+        from tunelab.base import signals
 
         if trainer.global_step == self.step:
             signals.requested().signum = signal.SIGTERM
@@ -315,7 +315,7 @@ class SignalInTest(L.Callback):
     def on_test_batch_start(self, *args) -> None:
         import signal
 
-        from tunelab import signals
+        from tunelab.base import signals
 
         signals.requested().signum = signal.SIGTERM
 
@@ -328,7 +328,7 @@ def signal_in_export(monkeypatch: pytest.MonkeyPatch) -> None:
     import signal
 
     import tunelab.serving.mlflow_model as mlflow_model
-    from tunelab import signals
+    from tunelab.base import signals
 
     log_model = mlflow_model.log_run_model
 
