@@ -50,18 +50,6 @@ def rerun_interrupted(study: optuna.Study) -> None:
             study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number}, skip_if_exists=False)
 
 
-class StopAtBudget:
-    """Optuna callback: stop the study once `n_trials` trials count (any worker's)."""
-
-    def __init__(self, n_trials: int):
-        self.n_trials = n_trials
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Called after every trial of this worker."""
-        if remaining(study, self.n_trials) <= 0:
-            study.stop()
-
-
 def earlier_attempt(trial: optuna.Trial, folder: Path) -> tuple[Previous | None, Any]:
     """The checkpointed earlier attempt this trial reruns, and that attempt's trial.
 
