@@ -13,6 +13,7 @@ trials, none counted twice and none lost.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from contextlib import ExitStack
@@ -26,6 +27,9 @@ from sweeps import budget
 from sweeps.locks import study_lock
 from sweeps.space import SweepConfig
 from sweeps.stale import fail_dead_local_trials
+from sweeps.storage import connection_lost, retry
+
+log = logging.getLogger(__name__)
 
 POLL_S = 10.0  # at most this long between looks at a study whose slots are all taken
 
@@ -60,6 +64,21 @@ def free_slots(
     return n_trials - len(budget.counted(trials)) - running, running
 
 
+def _one_trial(study: optuna.Study, objective: Claimed) -> None:
+    """One trial; a lost database connection in Optuna's own bookkeeping is retried by the loop.
+
+    The objective's own errors are the trial's (FAIL, `catch`); what escapes `optimize` comes
+    from Optuna's calls around it (stale trials, ask), made before the trial took its slot.
+    """
+    try:
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+    except Exception as err:
+        if not connection_lost(err):
+            raise
+        log.warning("database unreachable before the trial started; claiming again")
+        time.sleep(1.0)
+
+
 def optimize(
     study: optuna.Study, storage: BaseStorage, objective: Any, space: SweepConfig, tracking_uri: str
 ) -> None:
@@ -76,9 +95,11 @@ def optimize(
     while deadline is None or time.monotonic() < deadline:
         with ExitStack() as claim:
             claim.enter_context(study_lock(space.storage, study.study_name))
-            free, running = free_slots(study, storage, space.n_trials, tracking_uri)
+            free, running = retry(
+                lambda: free_slots(study, storage, space.n_trials, tracking_uri), "counting slots"
+            )
             if free > 0:
-                study.optimize(Claimed(objective, claim), n_trials=1, catch=(Exception,))
+                _one_trial(study, Claimed(objective, claim))
                 continue
         if running == 0:
             return

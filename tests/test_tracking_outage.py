@@ -116,7 +116,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
 
 def run_with_outage(monkeypatch, server: Server, args: list[str], back: bool) -> Outage:
-    import tunelab.pipeline as pipeline
+    import tunelab.run.pipeline as pipeline
 
     outage, build = Outage(server, back), pipeline.build_trainer
     monkeypatch.setattr(

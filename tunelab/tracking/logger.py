@@ -72,7 +72,10 @@ class TunelabMLFlowLogger(MLFlowLogger):
             return
         self.experiment.set_terminated(self.run_id, STATUS.get(status, status))
         outbox = self._queued.outbox
-        if not outbox.deliver(force=True) and not self._told:  # Lightning ends fit and test
+        if outbox.deliver(force=True):
+            return
+        outbox.release()  # for `python -m tunelab.tracking.outbox`; a later write takes it again
+        if not self._told:  # Lightning ends fit and test, and the run ends: said once
             self._told = True
             log.warning(
                 "MLflow server unreachable: %d writes of this run wait in %s; `python -m "

@@ -172,6 +172,8 @@ class Outbox:
             return True
         if not force and time.monotonic() < self.retry_at:
             return False
+        if not self.lock.is_locked:
+            self.lock.acquire()
         header, *lines = self.path.read_text().splitlines()
         for i, line in enumerate(lines):
             try:
@@ -186,9 +188,8 @@ class Outbox:
                 os.replace(tmp, self.path)
                 return False
         self.path.unlink()
-        if self.lock.is_locked:
-            Path(self.lock.lock_file).unlink(missing_ok=True)
-            self.lock.release(force=True)
+        Path(self.lock.lock_file).unlink(missing_ok=True)
+        self.release()
         self.wait = FIRST_WAIT
         log.warning("MLflow server back: %d queued writes delivered", len(lines))
         return True
@@ -198,6 +199,11 @@ class Outbox:
             log.warning("MLflow server unreachable, writes queued in %s: %s", self.path, err)
         self.retry_at = time.monotonic() + self.wait
         self.wait = min(2 * self.wait, MAX_WAIT)
+
+    def release(self) -> None:
+        """Let `deliver_all` (another process) deliver what waits: the run has ended."""
+        if self.lock.is_locked:
+            self.lock.release(force=True)
 
     @property
     def pending(self) -> int:
@@ -241,10 +247,11 @@ def deliver_all(folders: list[Path]) -> int:
         try:
             outbox.lock.acquire(timeout=0)
         except Timeout:  # a live run's own outbox: it delivers it
+            left += outbox.pending
             continue
         outbox.deliver(force=True)
         left += outbox.pending
-        outbox.lock.release(force=True)
+        outbox.release()
     return left
 
 
@@ -253,7 +260,10 @@ def main(argv: list[str]) -> int:
     bound_retries()
     left = deliver_all([Path(a) for a in argv] or [Path("outputs")])
     if left:
-        print(f"error: MLflow server still unreachable; {left} writes stay queued, rerun later")
+        print(
+            f"error: {left} MLflow writes still wait (the server is unreachable, or their run is "
+            "still going); they stay on disk: rerun this command later"
+        )
         return 1
     print("MLflow outboxes delivered")
     return 0
