@@ -36,11 +36,6 @@ def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     ]
 
 
-def remaining(study: optuna.Study, n_trials: int) -> int:
-    """Trials still to run before the budget is spent."""
-    return n_trials - len(counted(study.get_trials(deepcopy=False)))
-
-
 def rerun_interrupted(study: optuna.Study) -> None:
     """Queue once, with the same values, every interrupted trial that has no rerun yet."""
     trials = study.get_trials(deepcopy=False)

@@ -254,6 +254,26 @@ def run_sweep(args: list[str], cfg: DictConfig, run: RunConfig, space: SweepConf
     except BaseException:
         report.close_parent(study, space, args, run, parent_id, "FAILED")
         raise
-    report.close_parent(study, space, args, run, parent_id, "FINISHED")
-    report.print_summary(study, space, run, parent_id)
+    _finish(study, space, args, run, parent_id)
     return study
+
+
+def _finish(
+    study: optuna.Study, space: SweepConfig, args: list[str], run: RunConfig, parent_id: str
+) -> None:
+    """Deliver the trials' waiting MLflow writes, close the parent run FINISHED, summarise."""
+    from tunelab.tracking.outbox import deliver_all, unreachable
+
+    try:
+        deliver_all([Path(run.output_root) / run.name])
+        report.close_parent(study, space, args, run, parent_id, "FINISHED")
+        report.print_summary(study, space, run, parent_id)
+    except Exception as err:
+        if not unreachable(err):
+            raise
+        raise TunelabError(
+            f"study '{study.study_name}' is done ({len(study.trials)} trials in "
+            f"{report.redact(space.storage)}), but the MLflow server is unreachable, so its "
+            "parent run is not closed yet: rerun the same command once the server is back "
+            "(no trial runs again; the trials' own writes are delivered then too)"
+        ) from None

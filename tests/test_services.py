@@ -34,12 +34,18 @@ pytestmark = [
 
 
 def worker(
-    tiny_bert: Path, intent_data: Path, workdir: Path, *extra: str, remote: bool = False
+    tiny_bert: Path,
+    intent_data: Path,
+    workdir: Path,
+    *extra: str,
+    remote: bool = False,
+    log: Path | None = None,
 ) -> subprocess.Popen:
     """Start one sweep worker (full fine-tuning of the tiny BERT over optim.lr).
 
     `remote`: it names itself as on another machine, so only the heartbeat can tell it died
-    (a local worker's death is seen at once from its process id, `sweeps.stale`).
+    (a local worker's death is seen at once from its process id, `sweeps.stale`). `log`: a file
+    for its output.
     """
     base = [
         a
@@ -61,7 +67,10 @@ def worker(
     if remote:
         env["TUNELAB_SWEEP_WORKER"] = "other-machine"
     command = [sys.executable, str(REPO / "run.py"), *args]
-    return subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True)
+    output = log.open("a") if log else None
+    return subprocess.Popen(
+        command, cwd=workdir, env=env, start_new_session=True, stdout=output, stderr=output
+    )
 
 
 def names() -> tuple[str, str]:
@@ -202,12 +211,18 @@ def test_a_worker_killed_and_started_again_leaves_no_run_running(
     assert dead and dead[0].info.status in ("KILLED", "FINISHED")  # FINISHED: continued
 
 
-def restart_postgres() -> None:
-    """`pg_ctlcluster <version> <cluster> restart` on the cluster `.ci/services.sh` started."""
+def restart_postgres(down_s: float = 5) -> None:
+    """Stop the cluster `.ci/services.sh` started, leave it down `down_s` s, start it again.
+
+    While it is down the workers' heartbeats (every second here) and polls hit a refused
+    connection, so their retries are exercised whatever they were doing.
+    """
     clusters = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True)
     version, cluster = clusters.stdout.split()[:2]
     sudo = [] if os.geteuid() == 0 else ["sudo"]
-    subprocess.run([*sudo, "pg_ctlcluster", version, cluster, "restart"], check=True)
+    subprocess.run([*sudo, "pg_ctlcluster", version, cluster, "stop"], check=True)
+    time.sleep(down_s)
+    subprocess.run([*sudo, "pg_ctlcluster", version, cluster, "start"], check=True)
 
 
 def postgres_up(timeout: float = 120) -> bool:
@@ -236,13 +251,15 @@ def test_a_sweep_rides_out_a_postgres_restart(workdir: Path, tiny_bert: Path, in
         "sweep.n_trials=3",
         "sweep.heartbeat_interval=1",
     ]
-    workers = [worker(tiny_bert, intent_data, workdir, *extra) for _ in range(2)]
+    log = workdir / "workers.log"
+    workers = [worker(tiny_bert, intent_data, workdir, *extra, log=log) for _ in range(2)]
     try:
         wait_for_running_trial(study_name, workers[0])
         restart_postgres()  # every open connection of both workers is cut
     finally:
         assert postgres_up()  # later tests find it up
-    assert [w.wait(timeout=900) for w in workers] == [0, 0]
+    assert [w.wait(timeout=900) for w in workers] == [0, 0], log.read_text()[-3000:]
+    assert "database unreachable" in log.read_text()  # the workers did hit the outage
 
     study = optuna.load_study(study_name=study_name, storage=POSTGRES)
     assert len(study.trials) == 3  # none counted twice, none lost

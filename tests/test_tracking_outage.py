@@ -26,9 +26,14 @@ from mlflow import MlflowClient
 import run as cli
 from tunelab.tracking import outbox
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 STOP_AT = 2
 EXTRA = ("data.batch_size=8", "trainer.max_epochs=3", "export.save_model=false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Server:
@@ -36,9 +41,7 @@ class Server:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
@@ -137,6 +140,8 @@ def check_delivered(server: Server, folder: Path, sent: list[tuple[str, int]]) -
     assert not list(folder.rglob(outbox.FILE))
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 def test_training_rides_out_a_tracking_server_outage(
     workdir: Path, tiny_bert: Path, intent_data: Path, server: Server, sent, monkeypatch
 ):
@@ -151,6 +156,8 @@ def test_training_rides_out_a_tracking_server_outage(
     check_delivered(server, workdir / "outputs", sent)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 def test_writes_left_when_the_server_stays_down_are_delivered_by_one_command(
     workdir: Path, tiny_bert: Path, intent_data: Path, server: Server, sent, monkeypatch, caplog
 ):
@@ -169,3 +176,33 @@ def test_writes_left_when_the_server_stays_down_are_delivered_by_one_command(
     up = subprocess.run(command, cwd=workdir, env=os.environ | {"PYTHONPATH": str(REPO)})
     assert up.returncode == 0
     check_delivered(server, workdir / "outputs", sent)
+
+
+def test_writes_queued_while_the_server_refuses_arrive_in_order_with_their_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Metrics, params, tags, an artifact and the final status, queued then replayed."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    store = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = store.create_run(store.create_experiment("outbox")).info.run_id
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    box = outbox.Outbox(MlflowClient(nobody), tmp_path / outbox.FILE, nobody)
+    client = outbox.QueuedClient(box)
+    batch = {"metrics": [Metric("train/loss", 0.5, 1, 3)], "params": [Param("lr", "0.1")]}
+    client.log_batch(run_id, **batch, tags=[RunTag("method", "lora")])
+    client.set_tag(run_id, "state", "complete")
+    (tmp_path / "test_metrics.json").write_text("{}")
+    client.log_artifact(run_id, str(tmp_path / "test_metrics.json"))
+    client.set_terminated(run_id, "FINISHED")
+    assert box.pending == 4 and client.get_run(run_id) is None
+
+    box.client = store  # the server is back
+    assert box.deliver(force=True) and not (tmp_path / outbox.FILE).exists()
+    run = store.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.1"} and run.data.metrics == {"train/loss": 0.5}
+    assert [m.step for m in store.get_metric_history(run_id, "train/loss")] == [3]
+    assert run.data.tags["method"] == "lora" and run.data.tags["state"] == "complete"
+    assert [f.path for f in store.list_artifacts(run_id)] == ["test_metrics.json"]
