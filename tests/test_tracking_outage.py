@@ -96,7 +96,7 @@ class Outage(L.Callback):
         self.queued = 0
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        if trainer.global_step == STOP_AT:
+        if trainer.global_step == STOP_AT and not self.queued:  # once (a sweep's first trial)
             self.server.stop()
         waiting = Path(trainer.default_root_dir) / outbox.FILE
         if self.back and not self.queued and waiting.is_file():
@@ -206,3 +206,35 @@ def test_writes_queued_while_the_server_refuses_arrive_in_order_with_their_value
     assert [m.step for m in store.get_metric_history(run_id, "train/loss")] == [3]
     assert run.data.tags["method"] == "lora" and run.data.tags["state"] == "complete"
     assert [f.path for f in store.list_artifacts(run_id)] == ["test_metrics.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_sweep_worker_rides_out_a_tracking_server_outage(
+    workdir: Path, tiny_bert: Path, intent_data: Path, server: Server, monkeypatch
+):
+    import optuna
+    from test_sweeps import sweep_args
+
+    args = [
+        *[a for a in sweep_args(tiny_bert, intent_data) if not a.startswith("logger.tracking")],
+        f"logger.tracking_uri={server.url}",
+        "sweep.n_trials=2",
+        "sweep.pruner=none",
+        "sweep.study_name=outage",
+    ]
+    outage = run_with_outage(monkeypatch, server, args, back=True)
+
+    assert outage.queued > 0  # the first trial's writes waited for the server
+    study = optuna.load_study(study_name="outage", storage="sqlite:///optuna.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    client = MlflowClient(server.url)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and len(runs) == 3
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {c.data.tags["state"] for c in children} == {"complete"}
+    for child in children:  # every training step's loss, the outage's included
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "train/loss"))
+        assert steps == list(range(steps[0], steps[-1] + 1)) and steps[-1] > STOP_AT + 1
+    assert not list((workdir / "outputs").rglob(outbox.FILE))
