@@ -29,7 +29,7 @@ def quiet_libraries() -> None:
 def perf_rows(tracking_uri: str, run_id: str) -> list[tuple[str, str]]:
     """The run's `perf/*` metrics as rows: `perf/time_to_first_step_s` -> time to first step.
 
-    None while the tracking server is away (the run's writes wait in its outbox).
+    No rows while the tracking server is away (the run's writes wait in its outbox).
     """
     from mlflow import MlflowClient
 
