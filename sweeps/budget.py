@@ -36,11 +36,6 @@ def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     ]
 
 
-def remaining(study: optuna.Study, n_trials: int) -> int:
-    """Trials still to run before the budget is spent."""
-    return n_trials - len(counted(study.get_trials(deepcopy=False)))
-
-
 def rerun_interrupted(study: optuna.Study) -> None:
     """Queue once, with the same values, every interrupted trial that has no rerun yet."""
     trials = study.get_trials(deepcopy=False)
@@ -48,18 +43,6 @@ def rerun_interrupted(study: optuna.Study) -> None:
     for t in trials:
         if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") and t.number not in rerun:
             study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number}, skip_if_exists=False)
-
-
-class StopAtBudget:
-    """Optuna callback: stop the study once `n_trials` trials count (any worker's)."""
-
-    def __init__(self, n_trials: int):
-        self.n_trials = n_trials
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Called after every trial of this worker."""
-        if remaining(study, self.n_trials) <= 0:
-            study.stop()
 
 
 def earlier_attempt(trial: optuna.Trial, folder: Path) -> tuple[Previous | None, Any]:

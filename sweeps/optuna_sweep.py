@@ -6,7 +6,9 @@ Optuna is driven directly (no Hydra sweeper plugin). Each trial is one `run_expe
 own folder `<output_root>/<name>/<study_name>/trial_<n>`, logged as a nested MLflow child of one
 parent run per study. The study lives in an Optuna RDB storage (default `sqlite:///optuna.db`);
 the same `sweep.study_name` resumes it and several workers may run the same command at once.
-`sweep.n_trials` is the study's total of complete, pruned and failed trials over all workers.
+`sweep.n_trials` is the study's total of complete, pruned and failed trials over all workers,
+exact: each trial claims its slot before it starts (`sweeps.claims`). The storage rides out a
+database restart (`sweeps.storage`); local workers share the CPU cores (`share_cores`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from typing import Any
 import lightning as L
 import optuna
 from omegaconf import DictConfig
+from optuna.storages import BaseStorage
 from typing_extensions import override
 
 from callbacks.optuna_pruning import OptunaPruning, reports_per_epoch
-from sweeps import budget, report
+from sweeps import budget, claims, report
 from sweeps.locks import setup_lock
 from sweeps.space import SweepConfig, suggest, trial_config
-from sweeps.stale import close_dead_trial, fail_dead_local_trials, worker_id
+from sweeps.stale import close_dead_trial, fail_dead_local_trials, share_cores, worker_id
+from sweeps.storage import make_storage
 from tunelab.base.errors import TunelabError
 from tunelab.base.schema import RunConfig
 from tunelab.base.signals import Interrupted
@@ -44,17 +48,19 @@ class TrialRecorder(L.Callback):
         self.best: float | None = None
         self.steps = 0
         self.run_id: str | None = None
+        self.client: Any = None
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.run_id = trainer.logger.run_id
+        self.client = trainer.logger.experiment  # its writes wait while the server is away
         self.trial.set_user_attr("mlflow_run_id", self.run_id)
-        name = trainer.logger.experiment.get_run(self.run_id).info.run_name
-        if not name.startswith("#"):  # `#3 lora r=8 lr=3e-4`: trial number, what differs
-            name = f"#{self.number} {name}"
-            trainer.logger.experiment.set_tag(self.run_id, "mlflow.runName", name)
+        run = self.client.get_run(self.run_id)  # None while the server is away
+        name = run.info.run_name if run else ""
+        if run and not name.startswith("#"):  # `#3 lora r=8 lr=3e-4`: number, what differs
+            self.client.set_tag(self.run_id, "mlflow.runName", f"#{self.number} {name}")
         for key, value in self.tags("running").items():
-            trainer.logger.experiment.set_tag(self.run_id, key, value)
+            self.client.set_tag(self.run_id, key, value)
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -77,22 +83,6 @@ class TrialRecorder(L.Callback):
     def tags(self, state: str) -> dict[str, str]:
         """Tags of the trial's child run."""
         return {"sweep": self.study_name, "trial": str(self.number), "state": state}
-
-
-def make_storage(
-    url: str, heartbeat_interval: int = 60, grace_period: int = 180
-) -> optuna.storages.RDBStorage:
-    """An RDB storage shared safely by several workers (heartbeats retry dead workers' trials)."""
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
-
-    sqlite = url.startswith("sqlite")
-    return RDBStorage(
-        url,
-        engine_kwargs={"connect_args": {"timeout": 120}} if sqlite else {"pool_pre_ping": True},
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-    )
 
 
 def make_sampler(space: SweepConfig, offset: int) -> optuna.samplers.BaseSampler:
@@ -139,9 +129,10 @@ def max_reports(run: RunConfig) -> int | str:
     return max(1, trainer.max_epochs // trainer.check_val_every_n_epoch) * per_epoch
 
 
-def load_study(space: SweepConfig, run: RunConfig) -> optuna.Study:
-    """Create the study, or load it when `study_name` already exists in the storage."""
-    storage = make_storage(space.storage, space.heartbeat_interval, space.grace_period)
+def load_study(space: SweepConfig, run: RunConfig) -> tuple[optuna.Study, BaseStorage]:
+    """Create the study, or load it when `study_name` already exists; the study and its storage."""
+    uri = run.logger.tracking_uri
+    storage = make_storage(space.storage, space.heartbeat_interval, space.grace_period, uri)
     study = optuna.create_study(
         study_name=space.study_name or run.name,
         storage=storage,
@@ -149,11 +140,11 @@ def load_study(space: SweepConfig, run: RunConfig) -> optuna.Study:
         pruner=make_pruner(space, max_reports(run)),
         load_if_exists=True,
     )
-    fail_dead_local_trials(study, storage)  # this host's dead workers: no grace period to wait
+    fail_dead_local_trials(study, storage, uri)  # this host's dead workers: no grace period
     study.sampler = make_sampler(space, len(study.trials))
     for values in space.enqueue:  # points already tried (by any worker) are not queued again
         study.enqueue_trial(values, skip_if_exists=True)
-    return study
+    return study, storage
 
 
 class Objective:
@@ -168,6 +159,7 @@ class Objective:
             trial, trial.study.study_name, self.space.metric, self.space.direction
         )
         trial.set_user_attr("worker", worker_id())  # host:pid, for fail_dead_local_trials
+        share_cores(trial)
         close_dead_trial(trial, self.run.logger.tracking_uri)  # rerun of a dead worker's trial
         try:
             result = self._train(trial, recorder)
@@ -225,23 +217,8 @@ class Objective:
         tags = recorder.tags(state) | ({"fail_reason": reason[:4000]} if reason else {})
         if reason:
             trial.set_user_attr("fail_reason", reason)
-        report.tag_child(self.run, self.parent_id, recorder.run_id, trial, tags, status)
-
-
-def _remaining(study: optuna.Study, space: SweepConfig) -> int:
-    return budget.remaining(study, space.n_trials)
-
-
-def _optimize(study: optuna.Study, objective: Objective, space: SweepConfig) -> None:
-    """Run trials until the study's budget of finished trials is reached (by any worker)."""
-    if _remaining(study, space) > 0:
-        study.optimize(
-            objective,
-            n_trials=_remaining(study, space),
-            timeout=space.timeout,
-            catch=(Exception,),
-            callbacks=[budget.StopAtBudget(space.n_trials)],
-        )
+        client = recorder.client or report.mlflow_client(self.run)
+        report.tag_child(client, self.parent_id, recorder.run_id, trial, tags, status)
 
 
 def run_sweep(args: list[str], cfg: DictConfig, run: RunConfig, space: SweepConfig) -> optuna.Study:
@@ -257,11 +234,12 @@ def run_sweep(args: list[str], cfg: DictConfig, run: RunConfig, space: SweepConf
 
     quiet_libraries()
     with setup_lock(space.storage):  # workers started together: one study, one parent run
-        study = load_study(space, run)
+        study, storage = load_study(space, run)
         parent_id = report.open_parent(study, space, cfg, run)
         budget.rerun_interrupted(study)  # under the lock: queued once, not once per worker
     try:
-        _optimize(study, Objective(args, run, space, parent_id), space)
+        objective = Objective(args, run, space, parent_id)
+        claims.optimize(study, storage, objective, space, run.logger.tracking_uri)
     except Interrupted:
         report.close_parent(study, space, args, run, parent_id, "KILLED")
         raise
@@ -276,6 +254,26 @@ def run_sweep(args: list[str], cfg: DictConfig, run: RunConfig, space: SweepConf
     except BaseException:
         report.close_parent(study, space, args, run, parent_id, "FAILED")
         raise
-    report.close_parent(study, space, args, run, parent_id, "FINISHED")
-    report.print_summary(study, space, run, parent_id)
+    _finish(study, space, args, run, parent_id)
     return study
+
+
+def _finish(
+    study: optuna.Study, space: SweepConfig, args: list[str], run: RunConfig, parent_id: str
+) -> None:
+    """Deliver the trials' waiting MLflow writes, close the parent run FINISHED, summarise."""
+    from tunelab.tracking.outbox import deliver_all, unreachable
+
+    try:
+        deliver_all([Path(run.output_root) / run.name])
+        report.close_parent(study, space, args, run, parent_id, "FINISHED")
+        report.print_summary(study, space, run, parent_id)
+    except Exception as err:
+        if not unreachable(err):
+            raise
+        raise TunelabError(
+            f"study '{study.study_name}' is done ({len(study.trials)} trials in "
+            f"{report.redact(space.storage)}), but the MLflow server is unreachable, so its "
+            "parent run is not closed yet: rerun the same command once the server is back "
+            "(no trial runs again; the trials' own writes are delivered then too)"
+        ) from None

@@ -23,7 +23,8 @@ from tunelab.tracking.store import absolute_uri, ensure_experiment, flatten, run
 PLOTS = ("plot_optimization_history", "plot_param_importances", "plot_parallel_coordinate")
 
 
-def _client(run: RunConfig) -> MlflowClient:
+def mlflow_client(run: RunConfig) -> MlflowClient:
+    """A client of the run's tracking store."""
     return MlflowClient(absolute_uri(run.logger.tracking_uri))
 
 
@@ -60,7 +61,7 @@ def _exists(client: MlflowClient, run_id: str) -> bool:
 
 def open_parent(study: optuna.Study, space: SweepConfig, cfg: DictConfig, run: RunConfig) -> str:
     """The study's parent run: reopened when the study resumes, else created with its params."""
-    client = _client(run)
+    client = mlflow_client(run)
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
     if parent_id and _exists(client, parent_id):  # resumed (or another worker's) study
         client.update_run(parent_id, status="RUNNING")
@@ -79,15 +80,17 @@ def open_parent(study: optuna.Study, space: SweepConfig, cfg: DictConfig, run: R
 
 
 def tag_child(
-    run: RunConfig,
+    client: Any,
     parent_id: str,
     child_id: str | None,
     trial: optuna.Trial,
     tags: dict[str, str],
     status: str | None,
 ) -> None:
-    """Tag a trial's child run (created here when the trial failed before training began)."""
-    client = _client(run)
+    """Tag a trial's child run (created here when the trial failed before training began).
+
+    `client` is the trial logger's (its writes wait while the server is away) when it trained.
+    """
     if child_id is None:
         experiment_id = client.get_run(parent_id).info.experiment_id
         child_id = client.create_run(
@@ -182,7 +185,7 @@ def close_parent(
     """Log counts, best value/params, plots, trials table and best recipe; end the parent run."""
     from sweeps.best import finish_parent
 
-    client = _client(run)
+    client = mlflow_client(run)
     # tags, the best trial's scores and link, the registered champion
     finish_parent(client, run, parent_id, study, status, trial_counts(study))
     best_file = None
@@ -212,7 +215,7 @@ def print_summary(study: optuna.Study, space: SweepConfig, run: RunConfig, paren
         table.add_row("best params", json.dumps(best.params))
         table.add_row("best recipe", str(best_recipe_path(study, space, run)))
     table.add_row("storage", redact(space.storage))
-    experiment_id = _client(run).get_run(parent_id).info.experiment_id
+    experiment_id = mlflow_client(run).get_run(parent_id).info.experiment_id
     table.add_row("MLflow parent run", f"{parent_id}  ->  {run_link(experiment_id, parent_id)}")
     Console().print(table)
 

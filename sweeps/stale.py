@@ -2,24 +2,53 @@
 
 A worker killed mid-trial (SIGKILL, a lost machine) stops sending heartbeats; after
 `sweep.grace_period` the next worker to start a trial marks it FAIL and `RetryFailedTrialCallback`
-enqueues its parameters again as a new trial. That rerun closes the dead trial's MLflow child
-run (left RUNNING by its worker) as FAILED, with the reason and the trial that replaces it.
-A worker started on the same machine does not wait for the heartbeat: it fails at once the
-RUNNING trials of workers of this host whose process is gone (`fail_dead_local_trials`).
+enqueues its parameters again as a new trial (`sweeps.storage.DeadTrial`), and the dead
+trial's MLflow child run (left RUNNING by its worker) ends KILLED with the reason; a rerun that
+continues the dead attempt from its checkpoint marks that run RUNNING again and finishes it.
+A worker on the same machine does not wait for the heartbeat: it fails at once the RUNNING
+trials of workers of this host whose process is gone (`fail_dead_local_trials`).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import socket
 
 import optuna
 from mlflow import MlflowClient
 from optuna.storages import BaseStorage, RetryFailedTrialCallback
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tunelab.run.resume import process_alive
 from tunelab.tracking.store import absolute_uri
+
+log = logging.getLogger(__name__)
+
+
+def kill_child_run(tracking_uri: str, trial: FrozenTrial, reason: str) -> bool:
+    """End a dead trial's MLflow child run KILLED if it is still RUNNING; whether it was.
+
+    Best effort: with the tracking server unreachable the run is left for the trial's rerun
+    (`close_dead_trial`) and the sweep goes on.
+    """
+    from mlflow.exceptions import MlflowException
+
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if not run_id:
+        return False
+    client = MlflowClient(absolute_uri(tracking_uri))
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+        client.set_tag(run_id, "state", "failed")
+        client.set_tag(run_id, "fail_reason", reason)
+        client.set_terminated(run_id, "KILLED")
+    except MlflowException as err:
+        log.warning("MLflow run %s of dead trial %d not closed: %s", run_id, trial.number, err)
+        return False
+    return True
 
 
 def close_dead_trial(trial: optuna.Trial, tracking_uri: str) -> int | None:
@@ -28,14 +57,8 @@ def close_dead_trial(trial: optuna.Trial, tracking_uri: str) -> int | None:
     number = RetryFailedTrialCallback.retried_trial_number(trials[trial.number])
     if number is None:
         return None
-    client = MlflowClient(absolute_uri(tracking_uri))
-    dead = trials[number]
-    run_id = dead.user_attrs.get("mlflow_run_id")
-    if run_id and client.get_run(run_id).info.status == "RUNNING":
-        reason = f"worker lost (no heartbeat); rerun as trial {trial.number}"
-        client.set_tag(run_id, "state", "failed")
-        client.set_tag(run_id, "fail_reason", reason)
-        client.set_terminated(run_id, "FAILED")
+    reason = f"worker lost (no heartbeat); rerun as trial {trial.number}"
+    kill_child_run(tracking_uri, trials[number], reason)
     return number
 
 
@@ -48,13 +71,16 @@ def worker_id() -> str:
     return os.environ.get("TUNELAB_SWEEP_WORKER") or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def fail_dead_local_trials(study: optuna.Study, storage: BaseStorage) -> list[int]:
+def fail_dead_local_trials(
+    study: optuna.Study, storage: BaseStorage, tracking_uri: str = ""
+) -> list[int]:
     """Fail, as interrupted, RUNNING trials whose worker was on this host and is gone.
 
     The heartbeat fails a dead worker's trial only after `sweep.grace_period`; a command rerun
     at once on the same machine would otherwise find the trial RUNNING, count the budget as
     spent and leave it so. Such a trial is marked `interrupted`, so it is queued again with its
-    values and continues from its checkpoint (see `sweeps.budget`).
+    values and continues from its checkpoint (see `sweeps.budget`); its MLflow child run ends
+    KILLED (marked RUNNING again if the rerun continues it).
 
     Returns:
         The numbers of the trials failed.
@@ -69,4 +95,35 @@ def fail_dead_local_trials(study: optuna.Study, storage: BaseStorage) -> list[in
             storage.set_trial_user_attr(trial_id, "fail_reason", "worker died (process gone)")
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
             failed.append(trial.number)
+            if tracking_uri:
+                kill_child_run(tracking_uri, trial, "worker died (process gone)")
     return failed
+
+
+@functools.cache
+def _threads_at_start() -> int:
+    import torch
+
+    return torch.get_num_threads()  # OMP_NUM_THREADS or all cores: never exceeded
+
+
+def share_cores(trial: optuna.Trial) -> int:
+    """Give this worker's trial its share of the machine's cores; the threads it gets.
+
+    The live workers of the study on this machine (RUNNING trials of this host whose process is
+    alive, this one included) each get `cores // workers` threads, at least 1 and never more
+    than the worker started with: two workers on two cores use one thread each instead of
+    fighting over four.
+    """
+    import torch
+
+    host = socket.gethostname()
+    workers = set()
+    for other in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        other_host, _, pid = str(other.user_attrs.get("worker", "")).rpartition(":")
+        if other_host == host and pid.isdigit() and process_alive(other_host, pid):
+            workers.add(pid)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, min(_threads_at_start(), (cores or 1) // max(1, len(workers))))
+    torch.set_num_threads(threads)
+    return threads

@@ -100,7 +100,9 @@ class Run:
             else shared_run_dir(self.options.run_dir, planned)
         )
         continued = self.previous and self.previous.run_id
-        self.logger = tracking.make_logger(self.resolved, self.options.parent_run_id, continued)
+        self.logger = tracking.make_logger(
+            self.resolved, self.options.parent_run_id, continued, self.run_dir
+        )
         resume.mark_running(self.run_dir, self.logger.run_id, self.resolved)
 
     def fit(self) -> None:

@@ -27,10 +27,20 @@ def quiet_libraries() -> None:
 
 
 def perf_rows(tracking_uri: str, run_id: str) -> list[tuple[str, str]]:
-    """The run's `perf/*` metrics as rows: `perf/time_to_first_step_s` -> time to first step."""
+    """The run's `perf/*` metrics as rows: `perf/time_to_first_step_s` -> time to first step.
+
+    No rows while the tracking server is away (the run's writes wait in its outbox).
+    """
     from mlflow import MlflowClient
 
-    metrics = MlflowClient(tracking_uri).get_run(run_id).data.metrics
+    from tunelab.tracking.outbox import unreachable
+
+    try:
+        metrics = MlflowClient(tracking_uri).get_run(run_id).data.metrics
+    except Exception as err:
+        if not unreachable(err):
+            raise
+        return []
     rows = []
     for key, value in sorted(metrics.items()):
         if key.startswith("perf/"):

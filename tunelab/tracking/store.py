@@ -98,14 +98,19 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
 
 
 def make_logger(
-    resolved: dict[str, Any], parent_run_id: str | None = None, run_id: str | None = None
+    resolved: dict[str, Any],
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
+    run_dir: Path | None = None,
 ) -> Any:
     """An `MLFlowLogger` for one run; a nested child of `parent_run_id` when given.
 
-    `run_id` continues an existing run (a resumed one), marked running again.
+    `run_id` continues an existing run (a resumed one), marked running again. With a tracking
+    server, writes wait in `run_dir`'s outbox while it is away (`tunelab.tracking.outbox`).
     """
     from mlflow import MlflowClient
 
+    from tunelab.tracking import outbox
     from tunelab.tracking.logger import TunelabMLFlowLogger
 
     cfg = resolved["logger"]
@@ -114,6 +119,7 @@ def make_logger(
     tags = run_tags(resolved)
     if is_rank_zero():  # under DDP the other processes log nothing
         ensure_experiment(uri, cfg["experiment_name"])
+    waiting = outbox.prepare(uri, Path(resolved["output_root"]) / resolved["name"], run_dir)
     if run_id is not None:
         set_run_status(uri, run_id, "RUNNING")
     elif parent_run_id is not None:
@@ -133,6 +139,7 @@ def make_logger(
             tags=tags,
             run_id=run_id,
             log_model=False,
+            outbox=waiting,
         )
 
 
