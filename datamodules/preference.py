@@ -141,7 +141,8 @@ class PreferenceDataModule(InstructionDataModule):
         """Load, check and encode the records; the splits and the records."""
         records = self._load()
         rows = {s: self.encode_split(s, r) for s, r in records.items()}
-        return DatasetDict({s: Dataset.from_list(r) for s, r in rows.items()}), {"records": records}
+        splits = DatasetDict({s: Dataset.from_list(r) for s, r in rows.items()})
+        return splits, {"records": records, "audit": None}  # pairs are not audited (yet)
 
     def ordered_loader(self, split: str) -> DataLoader:
         """A split's batches in row order (for scoring every row once)."""

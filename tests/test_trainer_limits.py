@@ -59,9 +59,9 @@ def run_with(workdir: Path, tiny_bert: Path, intent_data: Path, *extra: str) -> 
         "export.save_model=false",
         *extra,
     )
-    cfg, run = load_config(["experiment=full_minilm_banking77", *args])
+    _, run = load_config(["experiment=full_minilm_banking77", *args])
     count = Count()
-    result = run_experiment(cfg, run, callbacks=[count])
+    result = run_experiment(run, callbacks=[count])
     return count, result
 
 
@@ -153,9 +153,9 @@ def test_decoder_callbacks_read_only_the_limited_batches(tmp_path, monkeypatch):
         " {_target_: callbacks.generation.GenerationCallback, num_prompts: 3, max_new_tokens: 4},"
         " {_target_: callbacks.mask_preview.MaskPreviewCallback, num_batches: 3}]",
     ]
-    cfg, run = load_config(args)
+    _, run = load_config(args)
     count = Count()
-    result = run_experiment(cfg, run, callbacks=[count])
+    result = run_experiment(run, callbacks=[count])
     assert (count.train, count.val, count.test) == (1, [1], 1)
     with open(result.run_dir / "report" / "generations.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 2  # one test batch of 2, not 8 rows

@@ -67,8 +67,10 @@ def prepare(view: View, data: Any) -> tuple[set[int], dict[str, Any]]:
     return drop, record | {"removed": removed, "kept_train": len(view.splits["train"]) - len(drop)}
 
 
-def announce(record: dict[str, Any], data: Any) -> None:
+def announce(record: dict[str, Any] | None, data: Any) -> None:
     """Warn about leaks (unless dropped) and say what each cleaning setting removed."""
+    if not record:  # data the audit does not cover (preference pairs)
+        return
     if record["leaks"] and "leaked" not in record["removed"]:
         log.warning(
             "data %s: %d validation/test rows also appear in train, so their scores overstate; "
