@@ -88,9 +88,9 @@ def load_teacher(
 
 
 def distillation_loss(
-    student: Any, teacher: Any, labels: Any, causal: bool, temperature: float, alpha: float
+    student: Any, teacher: Any, labels: Any, causal: bool, temperature: float
 ) -> Any:
-    """`alpha * T^2 * KL(teacher_T || student_T)`, per example (classifier) or response token."""
+    """`T^2 * KL(teacher_T || student_T)`, per example (classifier) or response token."""
     import torch.nn.functional as F
 
     if causal:  # logits at t predict token t+1; keep response tokens only
@@ -102,7 +102,7 @@ def distillation_loss(
         log_target=True,
         reduction="batchmean",
     )
-    return alpha * temperature**2 * soft
+    return temperature**2 * soft
 
 
 class DistillMethod(MethodConfig):
@@ -182,6 +182,6 @@ class DistillMethod(MethodConfig):
             teacher_logits = teacher(**batch).logits
         causal = task.next_token
         soft = distillation_loss(
-            outputs.logits, teacher_logits, batch["labels"], causal, self.temperature, self.alpha
+            outputs.logits, teacher_logits, batch["labels"], causal, self.temperature
         )
-        return soft + (1 - self.alpha) * task.loss(outputs, batch)
+        return self.alpha * soft + (1 - self.alpha) * task.loss(outputs, batch)

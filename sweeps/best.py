@@ -86,11 +86,20 @@ def register_best(client: MlflowClient, run: RunConfig, child_id: str) -> str | 
     return f"models:/{name}@{ALIAS}"
 
 
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state, e.g. `{"complete": 3, "pruned": 1}`."""
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        state = trial.state.name.lower()
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
 def finish_parent(
-    client: MlflowClient, run: RunConfig, parent_id: str, study: Any, status: str, counts: dict
+    client: MlflowClient, run: RunConfig, parent_id: str, study: Any, status: str
 ) -> None:
     """Tags, best trial's metrics and link; a FINISHED study also registers its champion."""
-    for key, value in bookkeeping_tags(study, counts).items():
+    for key, value in bookkeeping_tags(study, trial_counts(study)).items():
         client.set_tag(parent_id, key, value)
     child_id = carry_best(client, parent_id, study)
     if child_id is not None and status == "FINISHED":

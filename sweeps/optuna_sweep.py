@@ -218,7 +218,8 @@ class Objective:
         if reason:
             trial.set_user_attr("fail_reason", reason)
         client = recorder.client or report.mlflow_client(self.run)
-        report.tag_child(client, self.parent_id, recorder.run_id, trial, tags, status)
+        outcome = report.TrialOutcome(tags, status)
+        report.tag_child(client, self.parent_id, recorder.run_id, trial, outcome)
 
 
 def run_sweep(args: list[str], cfg: DictConfig, run: RunConfig, space: SweepConfig) -> optuna.Study:
@@ -235,16 +236,17 @@ def run_sweep(args: list[str], cfg: DictConfig, run: RunConfig, space: SweepConf
     quiet_libraries()
     with setup_lock(space.storage):  # workers started together: one study, one parent run
         study, storage = load_study(space, run)
-        parent_id = report.open_parent(study, space, cfg, run)
+        sweep = report.SweepRun(study, space, args, run)
+        sweep.parent_id = report.open_parent(sweep, cfg)
         budget.rerun_interrupted(study)  # under the lock: queued once, not once per worker
     try:
-        objective = Objective(args, run, space, parent_id)
+        objective = Objective(args, run, space, sweep.parent_id)
         claims.optimize(study, storage, objective, space, run.logger.tracking_uri)
     except Interrupted:
-        report.close_parent(study, space, args, run, parent_id, "KILLED")
+        report.close_parent(sweep, "KILLED")
         raise
     except KeyboardInterrupt as err:
-        report.close_parent(study, space, args, run, parent_id, "KILLED")
+        report.close_parent(sweep, "KILLED")
         if isinstance(err.__cause__, Interrupted):  # a signal: exit 130/143 with the resume line
             raise err.__cause__ from None
         raise SweepInterrupted(
@@ -252,22 +254,21 @@ def run_sweep(args: list[str], cfg: DictConfig, run: RunConfig, space: SweepConf
             "rerun the same command to resume"
         ) from None
     except BaseException:
-        report.close_parent(study, space, args, run, parent_id, "FAILED")
+        report.close_parent(sweep, "FAILED")
         raise
-    _finish(study, space, args, run, parent_id)
+    _finish(sweep)
     return study
 
 
-def _finish(
-    study: optuna.Study, space: SweepConfig, args: list[str], run: RunConfig, parent_id: str
-) -> None:
+def _finish(sweep: report.SweepRun) -> None:
     """Deliver the trials' waiting MLflow writes, close the parent run FINISHED, summarise."""
     from tunelab.tracking.outbox import deliver_all, unreachable
 
+    study, space, run = sweep.study, sweep.space, sweep.run
     try:
         deliver_all([Path(run.output_root) / run.name])
-        report.close_parent(study, space, args, run, parent_id, "FINISHED")
-        report.print_summary(study, space, run, parent_id)
+        report.close_parent(sweep, "FINISHED")
+        report.print_summary(study, space, run, sweep.parent_id)
     except Exception as err:
         if not unreachable(err):
             raise

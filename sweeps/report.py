@@ -6,6 +6,7 @@ import json
 import re
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ from mlflow import MlflowClient
 from mlflow.entities import Param
 from omegaconf import DictConfig, OmegaConf
 
+from sweeps.best import trial_counts
 from sweeps.space import SweepConfig, trial_config
 from tunelab.base.schema import RunConfig
 from tunelab.config.compose import available
+from tunelab.tracking.parent import ParentRun
 from tunelab.tracking.run_info import run_link
-from tunelab.tracking.store import absolute_uri, ensure_experiment, flatten, run_tags
+from tunelab.tracking.store import absolute_uri, flatten
 
 PLOTS = ("plot_optimization_history", "plot_param_importances", "plot_parallel_coordinate")
 
@@ -33,15 +36,6 @@ def redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
-def trial_counts(study: optuna.Study) -> dict[str, int]:
-    """Trials by state, e.g. `{"complete": 3, "pruned": 1}`."""
-    counts: dict[str, int] = {}
-    for trial in study.get_trials(deepcopy=False):
-        state = trial.state.name.lower()
-        counts[state] = counts.get(state, 0) + 1
-    return counts
-
-
 def _space_params(space: SweepConfig, study_name: str) -> dict[str, str]:
     """The parent run's params: sampler, pruner, objective and the search space."""
     flat = flatten(space.model_dump(exclude={"params", "enqueue"}))
@@ -50,42 +44,50 @@ def _space_params(space: SweepConfig, study_name: str) -> dict[str, str]:
     return {f"sweep.{k}": str(v)[:6000] for k, v in flat.items()}
 
 
-def _exists(client: MlflowClient, run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
+@dataclass
+class SweepRun:
+    """A study being run, with what its MLflow parent run is made from and closed with.
 
-    try:
-        return client.get_run(run_id).info.lifecycle_stage == "active"
-    except MlflowException:  # e.g. the study outlived its MLflow store
-        return False
+    Attributes:
+        study: the Optuna study.
+        space: its validated search space.
+        args: the command line (each trial is composed from it).
+        run: the command line's validated config.
+        parent_id: the study's MLflow parent run.
+    """
+
+    study: optuna.Study
+    space: SweepConfig
+    args: list[str]
+    run: RunConfig
+    parent_id: str = ""
 
 
-def open_parent(study: optuna.Study, space: SweepConfig, cfg: DictConfig, run: RunConfig) -> str:
+@dataclass
+class TrialOutcome:
+    """How a trial ended, for its MLflow child run: its tags and final status (None: running)."""
+
+    tags: dict[str, str]
+    status: str | None
+
+
+def open_parent(sweep: SweepRun, cfg: DictConfig) -> str:
     """The study's parent run: reopened when the study resumes, else created with its params."""
-    client = mlflow_client(run)
+    study = sweep.study
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
-    if parent_id and _exists(client, parent_id):  # resumed (or another worker's) study
-        client.update_run(parent_id, status="RUNNING")
-        return parent_id
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    uri = absolute_uri(run.logger.tracking_uri)
-    experiment_id = ensure_experiment(uri, run.logger.experiment_name)
-    name = f"sweep_{study.study_name}"
-    tags = run_tags(resolved) | {"sweep": study.study_name, "sweep.role": "parent"}
-    parent_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-    params = [Param(k, v) for k, v in _space_params(space, study.study_name).items()]
-    client.log_batch(parent_id, params=params)
-    client.log_text(parent_id, OmegaConf.to_yaml(cfg), "base_config.yaml")
-    study.set_user_attr("mlflow_parent_run_id", parent_id)
-    return parent_id
+    reopened = ParentRun.reopen(sweep.run, parent_id) if parent_id else None
+    if reopened is not None:  # resumed (or another worker's) study
+        return reopened.run_id
+    tags = {"sweep": study.study_name, "sweep.role": "parent"}
+    params = _space_params(sweep.space, study.study_name)
+    parent = ParentRun.open(sweep.run, f"sweep_{study.study_name}", tags, params)
+    parent.client.log_text(parent.run_id, OmegaConf.to_yaml(cfg), "base_config.yaml")
+    study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+    return parent.run_id
 
 
 def tag_child(
-    client: Any,
-    parent_id: str,
-    child_id: str | None,
-    trial: optuna.Trial,
-    tags: dict[str, str],
-    status: str | None,
+    client: Any, parent_id: str, child_id: str | None, trial: optuna.Trial, outcome: TrialOutcome
 ) -> None:
     """Tag a trial's child run (created here when the trial failed before training began).
 
@@ -99,10 +101,10 @@ def tag_child(
         params = [Param(k, str(v)) for k, v in trial.params.items()]
         client.log_batch(child_id, params=params)
         trial.set_user_attr("mlflow_run_id", child_id)
-    for key, value in tags.items():
+    for key, value in outcome.tags.items():
         client.set_tag(child_id, key, value)
-    if status is not None:
-        client.set_terminated(child_id, status)
+    if outcome.status is not None:
+        client.set_terminated(child_id, outcome.status)
 
 
 def save_plots(study: optuna.Study, folder: Path) -> list[Path]:
@@ -174,20 +176,20 @@ def _log_best(client: MlflowClient, parent_id: str, study: optuna.Study, folder:
     (folder / "best_params.json").write_text(json.dumps(study.best_trial.params, indent=2))
 
 
-def close_parent(
-    study: optuna.Study,
-    space: SweepConfig,
-    args: list[str],
-    run: RunConfig,
-    parent_id: str,
-    status: str,
-) -> Path | None:
+def close_parent(sweep: SweepRun, status: str) -> Path | None:
     """Log counts, best value/params, plots, trials table and best recipe; end the parent run."""
     from sweeps.best import finish_parent
 
+    study, space, args, run, parent_id = (
+        sweep.study,
+        sweep.space,
+        sweep.args,
+        sweep.run,
+        sweep.parent_id,
+    )
     client = mlflow_client(run)
     # tags, the best trial's scores and link, the registered champion
-    finish_parent(client, run, parent_id, study, status, trial_counts(study))
+    finish_parent(client, run, parent_id, study, status)
     best_file = None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
