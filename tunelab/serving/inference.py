@@ -23,6 +23,8 @@ from tunelab.base.errors import DataError, ModelLoadError, TunelabError
 from tunelab.base.plugin import MethodConfig, TaskConfig
 
 INFO_FILE = "model_info.json"
+# `format` in model_info.json -> the module whose `load(folder, info)` runs it ("hf": PyTorch)
+RUNTIMES = {"onnx": "tunelab.serving.onnx_runtime", "gguf": "tunelab.serving.gguf_runtime"}
 
 
 def model_info(run: Any, labels: list[str] | None) -> dict[str, Any]:
@@ -69,8 +71,19 @@ def plugin(group: str, saved: dict[str, Any]) -> Any:
 
 
 def load_model(folder: Path, info: dict[str, Any]) -> Any:
-    """The trained model in eval mode, rebuilt from an export folder (see the module doc)."""
+    """The trained model in eval mode, rebuilt from an export folder (see the module doc).
+
+    Exports in another format (`info["format"]`: ONNX, GGUF) load in their own runtime.
+    """
     from hydra.utils import get_class
+
+    fmt = info.get("format", "hf")
+    if fmt != "hf":
+        from importlib import import_module
+
+        if fmt not in RUNTIMES:
+            raise ModelLoadError(f"{folder}: unknown export format '{fmt}' in its {INFO_FILE}")
+        return import_module(RUNTIMES[fmt]).load(folder, info)
 
     task: TaskConfig = plugin("task", info["task"])
     method: MethodConfig = plugin("method", info["method"])
