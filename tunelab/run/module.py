@@ -102,6 +102,7 @@ class FineTuneModule(L.LightningModule):
         # Frozen base weights are rebuilt from `model.name_or_path`, so checkpoints hold only
         # what trains; loading them back is then non-strict.
         self.strict_loading = not self.saves_trainable_only
+        self.prepared = False  # `method.prepare` ran (see `setup`)
 
     def load_base(self) -> torch.nn.Module:
         """The pretrained model: the method's own (e.g. a teacher) or `model.name_or_path`."""
@@ -120,6 +121,14 @@ class FineTuneModule(L.LightningModule):
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameters of the model being fine-tuned."""
         return models.count_parameters(self.model)
+
+    @override
+    def setup(self, stage: str) -> None:
+        # the method's `prepare` (pruning) sees the training data once, before the optimiser
+        # is made and before a resumed run's checkpoint is loaded into the reshaped model
+        if stage == "fit" and not self.prepared:
+            self.model = self.method.prepare(self.model, self.trainer.datamodule, self.task)
+            self.prepared = True
 
     @override
     def forward(self, **batch: torch.Tensor) -> Any:
