@@ -114,6 +114,13 @@ def check_task(args: ExportArgs, predictor: Any) -> None:
         )
     if args.format == "gguf" and not generates:
         raise ExportError("format=gguf is for decoders (llama.cpp). Fix: format=onnx or format=hf")
+    if args.format == "gguf":  # before minutes of work: llama.cpp's runtime and converter
+        from tunelab.export.gguf import converter, runtime_missing
+
+        missing = runtime_missing()
+        if missing:
+            raise ExportError(missing)
+        converter(args.llama_cpp)
 
 
 def output_folder(args: ExportArgs, run_dir: Path | None, run_id: str) -> Path:

@@ -34,18 +34,23 @@ HOW = (
 # for it; predictions tokenise with the Hugging Face tokenizer either way.
 RUNNER = """
 import runpy, sys
-script, gguf_py, *args = sys.argv[1:]
-sys.path.insert(0, gguf_py)
+from pathlib import Path
+script, *args = sys.argv[1:]
+sys.path[:0] = [str(Path(script).parent), str(Path(script).parent / "gguf-py")]
 sys.argv = [script, *args]
-found = runpy.run_path(script, run_name="tunelab_convert")
-base = found["TextModel"].get_vocab_base_pre
-def pre(self, tokenizer):
-    try:
-        return base(self, tokenizer)
-    except NotImplementedError:
-        return "gpt-2"
-found["TextModel"].get_vocab_base_pre = pre
-found["main"]()
+try:
+    from conversion.base import TextModel
+except ImportError:  # an older llama.cpp whose converter is one file: no fallback
+    TextModel = None
+if TextModel is not None:
+    known = TextModel.get_vocab_base_pre
+    def pre(self, tokenizer):
+        try:
+            return known(self, tokenizer)
+        except NotImplementedError:
+            return "gpt-2"
+    TextModel.get_vocab_base_pre = pre
+runpy.run_path(script, run_name="__main__")
 """
 
 
@@ -54,10 +59,10 @@ def _unpack(archive: Path) -> Path:
     target = CACHE / archive.name.removesuffix(".tar.gz")
     if not (target / CONVERTER).is_file():
         with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name]
-            wanted = [m for m in members if m.name.endswith(CONVERTER) or "/gguf-py/" in m.name]
+            parts = (f"/llama.cpp/{CONVERTER}", "/llama.cpp/conversion/", "/llama.cpp/gguf-py/")
+            wanted = [m for m in tar.getmembers() if any(p in m.name for p in parts)]
             tar.extractall(target / "raw", members=wanted, filter="data")
-        [script] = (target / "raw").rglob(CONVERTER)
+        [script] = (target / "raw").rglob(CONVERTER)  # .../vendor/llama.cpp/
         shutil.copytree(script.parent, target, dirs_exist_ok=True)
         shutil.rmtree(target / "raw")
     return target
@@ -95,7 +100,7 @@ def runtime_missing() -> str | None:
 def convert(hf_folder: Path, out: Path, outtype: str, llama_cpp: Path) -> None:
     """Run llama.cpp's converter on a Hugging Face folder."""
     command = [sys.executable, "-c", RUNNER, str(llama_cpp / CONVERTER)]
-    command += [str(llama_cpp / "gguf-py"), str(hf_folder), "--outfile", str(out)]
+    command += [str(hf_folder), "--outfile", str(out)]
     done = subprocess.run(
         [*command, "--outtype", outtype], capture_output=True, text=True, check=False
     )
