@@ -148,3 +148,21 @@ class PruneMethod(MethodConfig):
             order = sorted(range(len(blocks)), key=lambda i: change[i], reverse=True)
             replace_layers(model, sorted(order[: len(blocks) - self.drop_layers]))
         return model
+
+    def reshape(self, model: Any, state_dict: dict[str, Any]) -> Any:
+        """Blocks and FFN widths as saved (every weight is saved, so which ones is moot)."""
+        from modules.blocks import find_layers, replace_layers
+
+        name, blocks = find_layers(model)
+        saved = {int(k[len(name) + 1 :].split(".")[0]) for k in state_dict if k.startswith(name)}
+        if saved and len(saved) < len(blocks):
+            replace_layers(model, list(range(len(saved))))
+        _, blocks = find_layers(model)
+        for i, block in enumerate(blocks):
+            _, output = ffn_of(block)
+            local = next(n for n, m in block.named_modules() if m is output)
+            width = state_dict[f"{name}.{i}.{local}.weight"].shape[1]
+            if width != output.in_features:
+                shrink_ffn(block, torch.arange(width))
+                model.config.intermediate_size = width
+        return model

@@ -143,6 +143,10 @@ class MethodConfig(Plugin):
         """Reshape the model with the training data at hand, once before training (pruning)."""
         return model
 
+    def reshape(self, model: Any, state_dict: dict[str, Any]) -> Any:
+        """Reshape the model like saved weights of a model `prepare` reshaped (checkpoints)."""
+        return model
+
     def loss(self, outputs: Any, batch: dict[str, Any], task: TaskConfig) -> Any:
         """The training objective (default: the task's loss)."""
         return task.loss(outputs, batch)

@@ -131,6 +131,14 @@ class FineTuneModule(L.LightningModule):
             self.prepared = True
 
     @override
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        if not self.prepared:  # a checkpoint of a model `prepare` reshaped: take its shapes
+            own = {k.removeprefix("model."): v for k, v in state_dict.items()}
+            self.model = self.method.reshape(self.model, own)
+            self.prepared = True
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @override
     def forward(self, **batch: torch.Tensor) -> Any:
         return self.model(**batch)
 
