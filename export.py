@@ -33,10 +33,13 @@ def main(argv: list[str]) -> int:
         print(f"\nerror: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
     check = result.info["check"]
-    print(
-        f"checked on {check['rows']} test rows: agreement {check['agreement']:.2%}, largest "
-        f"probability difference {check['max_difference']:.2e}"
-    )
+    if check:
+        print(
+            f"checked on {check['rows']} test rows: agreement {check['agreement']:.2%}, largest "
+            f"probability difference {check['max_difference']:.2e}"
+        )
+    else:
+        print("not checked (check_rows=0)")
     for problem in result.vllm:
         print(f"vLLM would refuse the adapter: {problem}")
     if result.model_uri:

@@ -184,7 +184,7 @@ def checked(args: ExportArgs, reference: Any, rows: list[dict], out: Path) -> di
         found = compare(expected, predict_all(Predictor(partial), rows, args.batch_size))
         if rows:
             enforce(found, tolerance(args), f"the {args.format} export (quantize={args.quantize})")
-        info["check"] = found.as_dict() | {"tolerance": vars(tolerance(args))}
+        info["check"] = found.as_dict() | {"tolerance": vars(tolerance(args))} if rows else {}
         write_info(partial, info)
         if out.exists():
             out.rmdir()  # empty (see `output_folder`)

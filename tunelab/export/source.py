@@ -66,14 +66,17 @@ def from_mlflow(source: str, tracking_uri: str) -> Source:
     try:
         model = Path(download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
         run_id = mlflow.models.get_model_info(uri).run_id or ""
-        local = Path(download_artifacts(run_id=run_id, artifact_path="config.yaml"))
     except Exception as err:  # MlflowException, OSError: not in this store
         raise ModelLoadError(
             f"source={source} was not found in the MLflow store {tracking_uri}: "
             f"{str(err).splitlines()[0]}\nFix: check the run id or model name and alias, and "
             "tracking_uri= (or MLFLOW_TRACKING_URI)"
         ) from err
-    return Source(exported_folder(model), None, run_id, _yaml(local))
+    try:  # the run's config says where its test data is (for the check)
+        config = _yaml(Path(download_artifacts(run_id=run_id, artifact_path="config.yaml")))
+    except Exception:  # a run without it: the check then asks for check_rows=0
+        config = None
+    return Source(exported_folder(model), None, run_id, config)
 
 
 def exported_folder(model: Path) -> Path:
