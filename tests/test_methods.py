@@ -138,7 +138,7 @@ def expected_trainable(method: str, base: nn.Module) -> int:
     """What each method should train, from the base model's shapes (hidden 32, 2 layers)."""
     cfg, layers = base.config, base.bert.encoder.layer
     hidden, head = cfg.hidden_size, size(base.classifier)
-    if method == "full":
+    if method in ("full", "prune"):  # prune: before `prepare` removes neurons (at fit start)
         return size(base)
     if method == "freeze":  # top layer + pooler + head
         return size(layers[1]) + size(base.bert.pooler) + head
@@ -172,7 +172,7 @@ def expected_trainable(method: str, base: nn.Module) -> int:
 
 def expected_total(method: str, base: nn.Module, trainable: int) -> int:
     """Total parameters: peft keeps the base (with its original head) beside what it adds."""
-    if method in ("full", "freeze"):
+    if method in ("full", "freeze", "prune"):
         return size(base)
     if method == "distill":
         return trainable
@@ -257,11 +257,14 @@ def test_training_leaves_frozen_weights_bit_identical(method, trained):
         n for n, p in params.items() if p.requires_grad and not torch.equal(p, snapshot.before[n])
     ]
     assert set(changed) == {n for n, p in params.items() if p.requires_grad}  # all trained
-    assert (method in ("full", "distill")) == (not frozen)
+    assert (method in ("full", "distill", "prune")) == (not frozen)
     client = MlflowClient(f"sqlite:///{trained.folder}/mlflow.db")
     logged = client.get_run(result.run_id).data.metrics
+    now = snapshot.module.parameter_counts[0]
+    assert logged["params/trainable"] == result.trainable_params
+    # prune: counted at the run's start, before `prepare` removed neurons at the start of fit
     assert (
-        logged["params/trainable"] == result.trainable_params == snapshot.module.parameter_counts[0]
+        (result.trainable_params > now) if method == "prune" else (result.trainable_params == now)
     )
 
 
@@ -272,7 +275,7 @@ def load_export(method: str, folder: Path, tiny_bert: Path) -> nn.Module:
 
     from modules.adapter import load_adapter_export
 
-    if method in ("full", "freeze", "distill"):
+    if method in ("full", "freeze", "distill", "prune"):
         return AutoModelForSequenceClassification.from_pretrained(folder)
     if method == "adapter":
         return load_adapter_export(folder, task_config())

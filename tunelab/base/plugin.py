@@ -158,6 +158,14 @@ class MethodConfig(Plugin):
         """Turn the loaded base model into the model that trains (identity: full fine-tuning)."""
         return model
 
+    def prepare(self, model: Any, datamodule: Any, task: TaskConfig) -> Any:
+        """Reshape the model with the training data at hand, once before training (pruning)."""
+        return model
+
+    def reshape(self, model: Any, state_dict: dict[str, Any]) -> Any:
+        """Reshape the model like saved weights of a model `prepare` reshaped (checkpoints)."""
+        return model
+
     def loss(self, outputs: Any, batch: dict[str, Any], task: TaskConfig) -> Any:
         """The training objective (default: the task's loss)."""
         return task.loss(outputs, batch)

@@ -102,6 +102,7 @@ class FineTuneModule(L.LightningModule):
         # Frozen base weights are rebuilt from `model.name_or_path`, so checkpoints hold only
         # what trains; loading them back is then non-strict.
         self.strict_loading = not self.saves_trainable_only
+        self.prepared = False  # `method.prepare` ran (see `setup`)
 
     def load_base(self) -> torch.nn.Module:
         """The pretrained model: the method's own (e.g. a teacher) or `model.name_or_path`."""
@@ -120,6 +121,22 @@ class FineTuneModule(L.LightningModule):
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameters of the model being fine-tuned."""
         return models.count_parameters(self.model)
+
+    @override
+    def setup(self, stage: str) -> None:
+        # the method's `prepare` (pruning) sees the training data once, before the optimiser
+        # is made and before a resumed run's checkpoint is loaded into the reshaped model
+        if stage == "fit" and not self.prepared:
+            self.model = self.method.prepare(self.model, self.trainer.datamodule, self.task)
+            self.prepared = True
+
+    @override
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        if not self.prepared:  # a checkpoint of a model `prepare` reshaped: take its shapes
+            own = {k.removeprefix("model."): v for k, v in state_dict.items()}
+            self.model = self.method.reshape(self.model, own)
+            self.prepared = True
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @override
     def forward(self, **batch: torch.Tensor) -> Any:

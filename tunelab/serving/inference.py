@@ -10,7 +10,9 @@ reachable where the model is loaded.
 Every export folder holds `model_info.json` (`INFO_FILE`), written by the run whether or not
 MLflow logged it: the task and method (each with its `_target_`), `labels`, `max_length`, and
 for generators the prompt format (`template`, `system_prompt`) used in training. The task's hooks
-predict; nothing here compares task names.
+predict; nothing here compares task names. Exports written by `export.py` add `format`,
+`runtime`, `quantize`, `file` and their check; ONNX and GGUF exports load in their own runtime
+(`RUNTIMES`), whose model object the task's hooks call as they call the PyTorch model.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from tunelab.base.errors import CorruptFileError, DataError, ModelLoadError, Tun
 from tunelab.base.plugin import MethodConfig, TaskConfig
 
 INFO_FILE = "model_info.json"
+# `format` in model_info.json -> the module whose `load(folder, info)` runs it ("hf": PyTorch)
+RUNTIMES = {"onnx": "tunelab.serving.onnx_runtime", "gguf": "tunelab.serving.gguf_runtime"}
 
 
 def model_info(run: Any, labels: list[str] | None) -> dict[str, Any]:
@@ -75,9 +79,25 @@ def plugin(group: str, saved: dict[str, Any]) -> Any:
     return found
 
 
+def load_runtime(folder: Path, info: dict[str, Any]) -> Any:
+    """An export in another format than PyTorch's, loaded by its runtime's module."""
+    from importlib import import_module
+
+    fmt = info["format"]
+    if fmt not in RUNTIMES:
+        raise ModelLoadError(f"{folder}: unknown export format '{fmt}' in its {INFO_FILE}")
+    return import_module(RUNTIMES[fmt]).load(folder, info)
+
+
 def load_model(folder: Path, info: dict[str, Any]) -> Any:
-    """The trained model in eval mode, rebuilt from an export folder (see the module doc)."""
+    """The trained model in eval mode, rebuilt from an export folder (see the module doc).
+
+    Exports in another format (`info["format"]`: ONNX, GGUF) load in their own runtime.
+    """
     from hydra.utils import get_class
+
+    if info.get("format", "hf") != "hf":
+        return load_runtime(folder, info)
 
     from tunelab.base.models import gate_bitsandbytes
 

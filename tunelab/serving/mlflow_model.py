@@ -54,11 +54,12 @@ class TunelabModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(self.predictor.predict(rows, **dict(params or {})))
 
 
-def _requirements() -> list[str]:
+def _requirements(extra: list[str]) -> list[str]:
+    """The pinned requirements, plus an export's runtime (`requirements` in its info)."""
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for name in REQUIREMENTS:
+    for name in (*REQUIREMENTS, *extra):
         try:
             pins.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
@@ -67,9 +68,9 @@ def _requirements() -> list[str]:
 
 
 def log_model(
-    tracking_uri: str, run_id: str, folder: Path, info: dict[str, Any], example: list[dict]
+    tracking_uri: str, run_id: str, folder: Path, example: list[dict], name: str = "model"
 ) -> str:
-    """Log `folder` as the run's MLflow Model `model`; returns its `runs:/` URI."""
+    """Log `folder` as the run's MLflow Model `name`; returns its `runs:/` URI."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -80,39 +81,43 @@ def log_model(
     # once more (minutes for a 7B decoder): while logging, the check predicts without weights
     os.environ[LOGGING_FLAG] = "1"
     try:
-        _log(run_id, folder, info, example)
+        _log(run_id, folder, example, name)
     finally:
         os.environ.pop(LOGGING_FLAG, None)
-    return f"runs:/{run_id}/model"
+    return f"runs:/{run_id}/{name}"
 
 
-def _log(run_id: str, folder: Path, info: dict[str, Any], example: list[dict]) -> None:
+def _log(run_id: str, folder: Path, example: list[dict], name: str) -> None:
     import mlflow
     from mlflow.models import Model
 
-    from tunelab.serving.inference import plugin
+    from tunelab.serving.inference import plugin, read_info
+
+    info = read_info(folder)
 
     Model.log(
         None,
-        name="model",
+        name=name,
         flavor=mlflow.pyfunc,
         run_id=run_id,
         python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
         artifacts={"export": str(folder)},
-        code_paths=[str(REPO_ROOT / name) for name in CODE],
+        code_paths=[str(REPO_ROOT / package) for package in CODE],
         signature=plugin("task", info["task"]).signature(),
         input_example=example[:3] or None,
-        pip_requirements=_requirements(),
+        pip_requirements=_requirements(info.get("requirements", [])),
     )
 
 
-def register(tracking_uri: str, run_id: str, name: str, alias: str | None = None) -> int:
-    """Register a run's `model` under `name` (a new version); point `alias` at it if given."""
+def register(
+    tracking_uri: str, run_id: str, name: str, alias: str | None = None, model: str = "model"
+) -> int:
+    """Register a run's MLflow Model `model` under `name` (a new version); `alias` points at it."""
     import mlflow
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri)
-    version = mlflow.register_model(f"runs:/{run_id}/model", name).version
+    version = mlflow.register_model(f"runs:/{run_id}/{model}", name).version
     if alias:
         MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version)
     return int(version)
@@ -127,11 +132,10 @@ def log_run_model(logger: Any, run: Any, folder: Path, example: list[dict]) -> N
         folder: the export folder (with its `model_info.json`).
         example: a few inputs in the prediction format.
     """
-    from tunelab.serving.inference import read_info
     from tunelab.tracking.store import absolute_uri
 
     uri = absolute_uri(run.logger.tracking_uri)
-    log_model(uri, logger.run_id, folder, read_info(folder), example)
+    log_model(uri, logger.run_id, folder, example)
     name = run.logger.register_as
     if name:
         version = register(uri, logger.run_id, name)
