@@ -31,10 +31,14 @@ def dataset_only_keys(name: str) -> list[str]:
 
 
 def fit_tiny_bert(name: str) -> list[str]:
-    """Overrides that fit the recipe to the tiny BERT's 2 layers (e.g. freeze's top 3 layers)."""
+    """Overrides that fit the recipe to the tiny BERT's 2 layers (freeze's top 3, prune's drops)."""
     method = OmegaConf.load(GROUP_DIRS["experiment"] / f"{name}.yaml").get("method") or {}
-    layers = method.get("trainable_layers")
-    return [f"method.trainable_layers={min(layers, 2)}"] if layers else []
+    fitted = []
+    if method.get("trainable_layers"):
+        fitted.append(f"method.trainable_layers={min(method['trainable_layers'], 2)}")
+    if method.get("drop_layers"):  # pruning keeps at least one of the two blocks
+        fitted.append(f"method.drop_layers={min(method['drop_layers'], 1)}")
+    return fitted
 
 
 @pytest.mark.slow

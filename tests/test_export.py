@@ -48,6 +48,8 @@ def exported(folder: Path, capsys, *args: str) -> tuple[int, str, str]:
     capsys.readouterr()
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
+        # mlflow.set_tracking_uri (an earlier test's run) also sets this variable process-wide
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         code = export_cli.main(list(args))
     out = capsys.readouterr()
     return code, out.out, out.err
@@ -118,7 +120,7 @@ def test_export_refuses_what_it_cannot_do_and_writes_nothing(quickstart_run, onn
 
 def test_export_from_the_registry_with_an_alias(quickstart_run, capsys):
     folder, _run_dir, run_id = quickstart_run
-    code, out, _ = exported(
+    code, out, err = exported(
         folder,
         capsys,
         f"source={run_id}",
@@ -127,7 +129,7 @@ def test_export_from_the_registry_with_an_alias(quickstart_run, capsys):
         "register_as=intents_hf",
         "alias=live",
     )
-    assert code == 0 and out.strip().splitlines()[-1] == str(folder / "merged_hf")
+    assert code == 0 and out.strip().splitlines()[-1] == str(folder / "merged_hf"), err
     info = json.loads((folder / "merged_hf" / "model_info.json").read_text())
     assert info["format"] == "hf" and not (folder / "merged_hf" / "adapter_config.json").exists()
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")

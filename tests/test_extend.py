@@ -97,7 +97,7 @@ def test_a_new_task_kind_needs_one_py_one_yaml_and_a_recipe(tmp_path, tiny_bert,
         repo,
         "tasks/sequence_classification.py",
         "tasks/my_intents.py",
-        {"SequenceClassification": "MyIntents"},
+        {"class SequenceClassification(": "class MyIntents("},
     )
     (repo / "experiments" / "my_intents.yaml").write_text(TWIN_RECIPE)
     overrides = [a for a in tiny_overrides(tiny_bert, intent_data) if not a.startswith("data=")]
