@@ -119,3 +119,11 @@ def tiny_overrides(tiny_bert: Path, intent_data: Path, *extra: str) -> list[str]
         "logger.tracking_uri=sqlite:///mlflow.db",
         *extra,
     ]
+
+
+def runs(folder: Path) -> list:
+    """Every MLflow run in `folder`'s SQLite store (`mlflow.db`)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from conftest import tiny_overrides
-from mlflow import MlflowClient
+from conftest import runs, tiny_overrides
 
 import run as cli
 from tunelab.run import resume
@@ -34,11 +33,6 @@ EXTRA = (
 
 def args_for(tiny_bert: Path, intent_data: Path, *more: str) -> list[str]:
     return [RECIPE, *tiny_overrides(tiny_bert, intent_data, *EXTRA), *more]
-
-
-def runs(folder: Path) -> list:
-    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from conftest import REPO, tiny_overrides
+from conftest import REPO, runs, tiny_overrides
 from mlflow import MlflowClient
 from test_decoder_train import bert64  # noqa: F401 - the fixture
 from test_methods import teacher  # noqa: F401 - the fixture
@@ -40,11 +40,6 @@ EXTRA = (
 
 def args_for(tiny_bert: Path, intent_data: Path, *more: str) -> list[str]:
     return [RECIPE, *tiny_overrides(tiny_bert, intent_data, *EXTRA), *more]
-
-
-def runs(folder: Path) -> list:
-    client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
 def history(folder: Path, run_id: str, key: str) -> dict[int, list[float]]:
