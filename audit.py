@@ -28,13 +28,12 @@ def main(argv: list[str]) -> int:
         return 2
     from tunelab.audit.cli import audit
     from tunelab.audit.report import summary
-    from tunelab.base.errors import ConfigError, TunelabError
+    from tunelab.base.errors import TunelabError, report_error
 
     try:
         result, folder = audit(argv)
     except TunelabError as err:
-        print(f"\nerror: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ConfigError) else 1
+        return report_error(err)
     print(summary(result))
     print(f"report: {folder / 'audit.md'}")
     print(folder)

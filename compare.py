@@ -20,7 +20,7 @@ def main(argv: list[str]) -> int:
     if not argv or any(arg in ("-h", "--help", "help") for arg in argv):
         print(__doc__)
         return 0 if argv else 2
-    from tunelab.base.errors import ConfigError, TunelabError
+    from tunelab.base.errors import TunelabError, report_error
     from tunelab.run.compare import compare
     from tunelab.tracking.report import quiet_libraries
 
@@ -28,8 +28,7 @@ def main(argv: list[str]) -> int:
     try:
         result = compare(argv)
     except TunelabError as err:
-        print(f"\nerror: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ConfigError) else 1
+        return report_error(err)
     print((result.folder / "compare.md").read_text())
     print(f"MLflow parent run {result.parent_run_id}; table and plot in {result.folder}")
     for method in result.failed:

@@ -20,7 +20,7 @@ def main(argv: list[str]) -> int:
     if not argv or any(arg in ("-h", "--help", "help") for arg in argv):
         print(__doc__)
         return 0
-    from tunelab.base.errors import ConfigError, TunelabError
+    from tunelab.base.errors import TunelabError, report_error
     from tunelab.export.command import export, parse_args
 
     try:
@@ -30,8 +30,7 @@ def main(argv: list[str]) -> int:
         quiet_libraries()
         result = export(args)
     except TunelabError as err:
-        print(f"\nerror: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ConfigError) else 1
+        return report_error(err)
     check = result.info["check"]
     if check:
         print(

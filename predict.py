@@ -18,7 +18,7 @@ def main(argv: list[str]) -> int:
     if not argv or any(arg in ("-h", "--help", "help") for arg in argv):
         print(__doc__)
         return 0
-    from tunelab.base.errors import ConfigError, TunelabError
+    from tunelab.base.errors import TunelabError, report_error
     from tunelab.serving.predict import parse_args, predict, write_rows
 
     try:
@@ -29,8 +29,7 @@ def main(argv: list[str]) -> int:
         result, rate = predict(args)
         write_rows(result, args.output)
     except TunelabError as err:
-        print(f"\nerror: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ConfigError) else 1
+        return report_error(err)
     print(f"{len(result)} rows -> {args.output} ({rate:.1f} rows/s)")
     return 0
 

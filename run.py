@@ -99,15 +99,14 @@ def main(argv: list[str]) -> int:
     if not argv:  # no recipe: say how to pick one rather than train a default
         print(f"{USAGE}\n\nerror: no experiment given; list them with --help", file=sys.stderr)
         return 2
-    from tunelab.base.errors import ConfigError, TunelabError
+    from tunelab.base.errors import TunelabError, report_error
     from tunelab.base.signals import Interrupted
 
     args = [arg for arg in argv if arg != "--cfg"]
     try:
         execute(args, print_only="--cfg" in argv)
     except TunelabError as err:
-        print(f"\nerror: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ConfigError) else 1
+        return report_error(err)
     except Interrupted as stop:
         print(f"\n{interrupted_line(stop, args)}", file=sys.stderr)
         return stop.exit_code

@@ -52,3 +52,9 @@ class CorruptFileError(TunelabError):
 def notice(message: str) -> None:
     """Tell the user on stderr what went wrong and what was done about it: `warning: ...`."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def report_error(err: TunelabError) -> int:
+    """Print `error: ...` on stderr, no traceback; the exit code (2 for a config error, else 1)."""
+    print(f"\nerror: {err}", file=sys.stderr)
+    return 2 if isinstance(err, ConfigError) else 1
