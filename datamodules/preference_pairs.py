@@ -16,6 +16,7 @@ from typing import Annotated
 from pydantic import Field
 
 from datamodules.families import PreferenceData, Record, SplitSize
+from datamodules.medquad import FOLDERS
 
 SPLITS = ("train", "validation", "test")
 
@@ -89,7 +90,7 @@ class MedQuADPairs(PreferenceData):
 
     root: str = "data"
     path: str = "medquad"
-    folders: list[str] = Field(default=["5_NIDDK_QA", "6_NINDS_QA"], min_length=1)
+    folders: list[str] = Field(default=list(FOLDERS), min_length=1)
     val_size: Annotated[float, Field(gt=0, lt=1)] = 0.1
     test_size: Annotated[float, Field(gt=0, lt=1)] = 0.1
 

@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -127,3 +128,18 @@ def runs(folder: Path) -> list:
 
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+class StopAt(L.Callback):
+    """Request a stop after global step `step`, as the SIGTERM handler would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        import signal
+
+        from tunelab.base import signals
+
+        if trainer.global_step == self.step:
+            signals.requested().signum = signal.SIGTERM

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from conftest import runs, tiny_overrides
+from conftest import StopAt, runs, tiny_overrides
 
 import run as cli
 from tunelab.run import resume
@@ -148,21 +148,6 @@ Corrupt = Callable[[Path], None]
 
 
 # ----------------------------------------------------------------------------- damaged files
-class StopAt(L.Callback):
-    """Request a stop after global step `step`, as the SIGTERM handler does."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        import signal
-
-        from tunelab.base import signals
-
-        if trainer.global_step == self.step:
-            signals.requested().signum = signal.SIGTERM
-
-
 def truncate(path: Path) -> None:
     """Cut a file to half its length, as a copy interrupted or a full disk leaves it."""
     data = path.read_bytes()

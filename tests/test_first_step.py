@@ -9,9 +9,8 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-from conftest import tiny_overrides
+from conftest import StopAt, tiny_overrides
 from mlflow import MlflowClient
-from test_resume import StopAt
 
 import run as cli
 from callbacks.first_step import METRIC, TimeToFirstStep

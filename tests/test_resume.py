@@ -15,16 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
-from conftest import REPO, runs, tiny_overrides
+from conftest import REPO, StopAt, runs, tiny_overrides
 from mlflow import MlflowClient
 from test_decoder_train import bert64  # noqa: F401 - the fixture
 from test_methods import teacher  # noqa: F401 - the fixture
 
 import run as cli
 from datamodules.resumable import EpochOrder, shuffled
-from tunelab.base import signals
 from tunelab.config.compose import available
 from tunelab.run import resume
 
@@ -60,17 +58,6 @@ def assert_same_run(expected: tuple[Path, str], got: tuple[Path, str]) -> None:
     want = json.loads(next((expected[0] / "outputs").rglob("test_metrics.json")).read_text())
     have = json.loads(next((got[0] / "outputs").rglob("test_metrics.json")).read_text())
     assert have == pytest.approx(want, abs=1e-6)
-
-
-class StopAt(L.Callback):
-    """Request a stop after global step `step`, as the SIGTERM handler would."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            signals.requested().signum = signal.SIGTERM
 
 
 def stop_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
