@@ -31,7 +31,7 @@ def resolve_teacher(teacher: str, tracking_uri: str | None) -> Path:
     if teacher.startswith("mlflow:"):
         from mlflow.artifacts import download_artifacts
 
-        from tunelab.tracking.store import absolute_uri
+        from tunelab.base.services import absolute_uri
 
         run_id = teacher.removeprefix("mlflow:")
         uri = absolute_uri(tracking_uri) if tracking_uri else None
@@ -63,9 +63,9 @@ def load_teacher(
         ConfigError: when the teacher's classes differ from the data's.
     """
     if path.suffix == ".ckpt":
-        from tunelab.run.checkpoint import load_module
+        from tunelab.base.services import load_checkpoint_module
 
-        model = load_module(path).model
+        model = load_checkpoint_module(path).model
         if hasattr(model, "merge_and_unload"):
             try:
                 model = model.merge_and_unload()

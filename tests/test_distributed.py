@@ -7,6 +7,7 @@ same global batch, on a tiny BERT without dropout, and compares what MLflow reco
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -106,17 +107,12 @@ def test_rank_shard_forwards_epoch_and_resumes_its_own_batches():
 RANK_KEYS = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
 
-def test_rank_zero_makes_the_run_folder_and_the_others_reuse_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    from lightning.pytorch.utilities import rank_zero_only
-
+def test_only_rank_zero_makes_the_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from tunelab.base.ranks import is_rank_zero
     from tunelab.run import distributed
 
     for key in RANK_KEYS:
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setattr(rank_zero_only, "rank", 0)  # restored after the test
-    monkeypatch.setenv(distributed.RUN_DIR_ENV, "")  # restored (or removed) after the test
 
     def make(base: Path | None) -> Path:
         folder = tmp_path / "run"
@@ -126,33 +122,43 @@ def test_rank_zero_makes_the_run_folder_and_the_others_reuse_it(
     def never(base: Path | None) -> Path:
         raise AssertionError("only rank 0 creates the folder")
 
-    folder = distributed.shared_run_dir(None, make)
-    monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's launcher starts rank 1 with rank 0's env
-    assert distributed.shared_run_dir(None, never) == folder.resolve()
-    assert rank_zero_only.rank == 1
-    monkeypatch.delenv(distributed.RUN_DIR_ENV)  # torchrun: no env from rank 0
+    assert distributed.shared_run_dir(None, make) == tmp_path / "run"
+    monkeypatch.setenv("RANK", "1")  # torchrun: started beside rank 0, writes nothing
     assert not distributed.shared_run_dir(None, never).exists()
-    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.delenv("RANK")
     monkeypatch.setenv("NODE_RANK", "1")  # the first process of the second node
-    assert not distributed.is_rank_zero()
+    assert not is_rank_zero()
 
 
-def test_processes_launched_by_rank_zero_resume_what_it_resumes(monkeypatch: pytest.MonkeyPatch):
-    from tunelab.run import distributed
-    from tunelab.run.resume import Previous
+def test_processes_launched_by_rank_zero_continue_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Lightning's launcher starts ranks 1..N from rank 0 once it marked its run running."""
+    import os
+    import socket
+    from types import SimpleNamespace
+
+    from tunelab.run import distributed, resume
 
     for key in RANK_KEYS:
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv(distributed.RESUME_ENV, "")  # restored (or removed) after the test
-    monkeypatch.delenv(distributed.RESUME_ENV)
-    chosen = Previous(Path("/runs/a"), "abc", "/runs/a/checkpoints/resume.ckpt")
-    assert distributed.rank_zero_previous(lambda: chosen, Previous) is chosen
+    run = SimpleNamespace(output_root=str(tmp_path), name="exp")  # what finding runs reads
+    folder = tmp_path / "exp" / "2026-12-02_10-00-00"
+    (folder / "checkpoints").mkdir(parents=True)
+    parent = {"status": "running", "run_id": "abc", "host": socket.gethostname()}
+    resume_file = folder / resume.CHECKPOINT
+    resume_file.write_bytes(b"state")
+
+    def select() -> None:
+        raise AssertionError("a launched process takes its parent's decision")
+
+    (folder / resume.STATE_FILE).write_text(json.dumps(parent | {"pid": os.getppid()}))
+    assert distributed.rank_zero_previous(run, lambda: None) is None  # rank 0 decides itself
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert distributed.rank_zero_previous(lambda: None, Previous) == chosen
-    monkeypatch.delenv("LOCAL_RANK")
-    assert distributed.rank_zero_previous(lambda: None, Previous) is None
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    assert distributed.rank_zero_previous(lambda: chosen, Previous) is None  # a new run
+    chosen = distributed.rank_zero_previous(run, select)
+    assert chosen == resume.Previous(folder, "abc", str(resume_file))
+    (folder / resume.STATE_FILE).write_text(json.dumps(parent | {"pid": os.getppid() + 1}))
+    assert distributed.rank_zero_previous(run, lambda: None) is None  # not our parent's run
 
 
 def test_rank_zero_exports_a_sharded_model_from_its_whole_checkpoint(monkeypatch):

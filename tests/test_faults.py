@@ -83,8 +83,8 @@ def with_callback(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None
 
     build = pipeline.build_trainer
 
-    def build_with(run, run_dir, logger, callbacks):
-        return build(run, run_dir, logger, [callback, *callbacks])
+    def build_with(run, run_dir, logger, callbacks, resume_from=None):
+        return build(run, run_dir, logger, [callback, *callbacks], resume_from)
 
     monkeypatch.setattr(pipeline, "build_trainer", build_with)
 

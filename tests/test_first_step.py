@@ -75,7 +75,9 @@ def test_a_resumed_run_does_not_log_it_again(workdir, tiny_bert, intent_data, mo
     args = ["experiment=quickstart", *tiny_overrides(tiny_bert, intent_data, *ARGS)]
     build = pipeline.build_trainer
     with monkeypatch.context() as patch:
-        patch.setattr(pipeline, "build_trainer", lambda *a: build(*a[:3], [StopAt(2), *a[3]]))
+        patch.setattr(
+            pipeline, "build_trainer", lambda *a: build(*a[:3], [StopAt(2), *a[3]], *a[4:])
+        )
         assert cli.main(args) == 143
     _, [first] = _history(workdir)
     assert cli.main(args) == 0  # continues the stopped run from step 2

@@ -65,8 +65,8 @@ def stop_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
 
     build = pipeline.build_trainer
 
-    def with_stop(run, run_dir, logger, callbacks):
-        return build(run, run_dir, logger, [StopAt(step), *callbacks])
+    def with_stop(run, run_dir, logger, callbacks, resume_from=None):
+        return build(run, run_dir, logger, [StopAt(step), *callbacks], resume_from)
 
     monkeypatch.setattr(pipeline, "build_trainer", with_stop)
 

@@ -260,3 +260,29 @@ def test_finished_sweep_registers_its_best_trial_as_champion(workdir, tiny_bert,
     assert predict_cli.main(argv) == 0
     written = [json.loads(line) for line in (workdir / "pred.jsonl").read_text().splitlines()]
     assert len(written) == len(TEXTS) and all(0 < w["probability"] <= 1 for w in written)
+
+
+def test_logging_a_model_checks_its_example_without_loading_the_weights(classifier, monkeypatch):
+    """MLflow predicts the input example while logging; the weights load only when served."""
+    import mlflow
+    import pandas as pd
+
+    from tunelab.serving import inference
+    from tunelab.serving.mlflow_model import log_model
+
+    folder, run_id, export = classifier
+    loads: list[Path] = []
+    original = inference.Predictor.__init__
+
+    def counting(self, path, *args, **kwargs):
+        loads.append(Path(path))
+        original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(inference.Predictor, "__init__", counting)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = log_model(f"sqlite:///{folder}/mlflow.db", run_id, export, [{"text": TEXTS[0]}], "again")
+    assert loads == []  # the example was checked against the schema only
+    got = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": TEXTS[:2]}))
+    assert len(loads) == 1 and list(got["label"]) == [
+        r["label"] for r in in_process(export, [{"text": t} for t in TEXTS[:2]])
+    ]

@@ -123,7 +123,7 @@ def run_with_outage(monkeypatch, server: Server, args: list[str], back: bool) ->
 
     outage, build = Outage(server, back), pipeline.build_trainer
     monkeypatch.setattr(
-        pipeline, "build_trainer", lambda r, d, lg, cb: build(r, d, lg, [outage, *cb])
+        pipeline, "build_trainer", lambda r, d, lg, cb, ck=None: build(r, d, lg, [outage, *cb], ck)
     )
     assert cli.main(args) == 0
     return outage

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.base.plugin import Labels
+from tunelab.base.ranks import is_rank_zero
 from tunelab.base.schema import RunConfig
 from tunelab.run.speed import compiled, resolve_precision
 
@@ -77,8 +78,14 @@ def build_callbacks(run: RunConfig) -> list:
     return [instantiate(c.model_dump(by_alias=True)) for c in configs]
 
 
-def build_trainer(run: RunConfig, run_dir: Path, logger: Any, callbacks: list) -> tuple:
-    """The Lightning Trainer and its best-checkpoint callback (on the task's monitor)."""
+def build_trainer(
+    run: RunConfig, run_dir: Path, logger: Any, callbacks: list, resume_from: str | None = None
+) -> tuple:
+    """The Lightning Trainer and its best-checkpoint callback (on the task's monitor).
+
+    `resume_from` is the checkpoint `fit` continues from (the resume callback checks that every
+    process continues from the same one).
+    """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
@@ -95,7 +102,8 @@ def build_trainer(run: RunConfig, run_dir: Path, logger: Any, callbacks: list) -
         auto_insert_metric_name=False,
     )
     guard = FiniteLossGuard()
-    resumer = ResumeCheckpoint(run_dir / "checkpoints", run.trainer.checkpoint_every_n_steps)
+    every = run.trainer.checkpoint_every_n_steps
+    resumer = ResumeCheckpoint(run_dir / "checkpoints", every, resume_from)
     all_callbacks = [checkpoint, guard, *build_callbacks(run), *callbacks, resumer]
     if run.trainer.enable_progress_bar:
         all_callbacks.append(RichProgressBar())
@@ -114,6 +122,6 @@ def build_trainer(run: RunConfig, run_dir: Path, logger: Any, callbacks: list) -
 def _precision(run: RunConfig, logger: Any) -> str:
     """`trainer.precision`, with `auto` resolved for this machine (and logged when it was)."""
     precision = resolve_precision(run.trainer.precision, run.trainer.accelerator)
-    if run.trainer.precision == "auto":
+    if run.trainer.precision == "auto" and is_rank_zero():
         logger.log_hyperparams({"trainer.precision_used": precision})
     return precision

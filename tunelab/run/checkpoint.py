@@ -23,6 +23,7 @@ from typing import Any
 from tunelab.base.errors import ConfigError, CorruptFileError, DiskFullError
 from tunelab.base.plugin import Labels
 from tunelab.base.schema import ModelConfig, OptimConfig
+from tunelab.base.services import provide_checkpoint_loader
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -200,3 +201,6 @@ def load_module(path: str | Path) -> Any:
     )
     module.load_state_dict(saved["state_dict"], strict=module.strict_loading)
     return module.eval()
+
+
+provide_checkpoint_loader(load_module)  # for plug-ins (a distillation teacher's `.ckpt`)

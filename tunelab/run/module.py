@@ -20,6 +20,7 @@ from typing_extensions import override
 from tunelab.base import models
 from tunelab.base.plugin import Labels, MethodConfig, TaskConfig
 from tunelab.base.schema import ModelConfig, OptimConfig
+from tunelab.run.schedule import planned_steps
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -208,7 +209,7 @@ class FineTuneModule(L.LightningModule):
             betas=tuple(optim.betas),
             **adamw_kernel(optim.implementation, self._scales_loss_and_clips()),
         )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        total = planned_steps(self.trainer)  # not `estimated_stepping_batches`: see schedule
         name = "constant_with_warmup" if optim.scheduler == "constant" else optim.scheduler
         scheduler = get_scheduler(
             name,

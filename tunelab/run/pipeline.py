@@ -16,6 +16,7 @@ from typing import Any
 
 from tunelab.base import signals
 from tunelab.base.errors import ConfigError
+from tunelab.base.ranks import is_rank_zero
 from tunelab.base.schema import RunConfig
 from tunelab.config.preflight import preflight
 from tunelab.run import machine, resume
@@ -103,16 +104,17 @@ class Run:
         self.logger = tracking.make_logger(
             self.resolved, self.options.parent_run_id, continued, self.run_dir
         )
-        resume.mark_running(self.run_dir, self.logger.run_id, self.resolved)
+        if is_rank_zero():  # the others start no MLflow run of their own by asking its id
+            resume.mark_running(self.run_dir, self.logger.run_id, self.resolved)
 
     def fit(self) -> None:
         """Log the run's start (unless it continues one), then train with validation."""
-        self.trainer, self.checkpoint = build_trainer(
-            self.config, self.run_dir, self.logger, self.options.callbacks
-        )
-        if self.previous is None:  # a continued run logged these already
-            self._log_start()
         resume_from = self.previous.checkpoint if self.previous else None
+        self.trainer, self.checkpoint = build_trainer(
+            self.config, self.run_dir, self.logger, self.options.callbacks, resume_from
+        )
+        if self.previous is None and is_rank_zero():  # a continued run logged these already
+            self._log_start()
         self.trainer.fit(
             self.module, datamodule=self.datamodule, ckpt_path=resume_from, weights_only=True
         )
@@ -179,7 +181,7 @@ class Run:
         if self.options.plain:
             select = partial(resume.select, self.config, self.resolved)
             try:
-                self.previous = rank_zero_previous(select, resume.Previous)
+                self.previous = rank_zero_previous(self.config, select)
             except ConfigError as err:
                 problems += err.problems
         if problems:

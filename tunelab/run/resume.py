@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.base.errors import ConfigError, notice
+from tunelab.base.ranks import is_rank_zero
 from tunelab.base.schema import RunConfig
-from tunelab.run.distributed import is_rank_zero
 from tunelab.tracking.run_info import flatten
 
 STATE_FILE = "run.json"

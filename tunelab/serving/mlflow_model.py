@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import pandas as pd
 from tunelab.config.compose import REPO_ROOT
 
 log = logging.getLogger(__name__)
-LOGGING_FLAG = "TUNELAB_LOGGING_MODEL"
+LOGGING: ContextVar[bool] = ContextVar("tunelab_logging_model", default=False)
 CODE = ("tunelab", "tasks", "modules", "datamodules")
 REQUIREMENTS = ("torch", "transformers", "peft", "safetensors", "hydra-core", "pydantic", "pandas")
 
@@ -40,7 +41,7 @@ class TunelabModel(mlflow.pyfunc.PythonModel):
         folder = Path(context.artifacts["export"])
         self.info = read_info(folder)
         self.outputs = list(plugin("task", self.info["task"]).output_columns)
-        self.predictor = None if os.environ.get(LOGGING_FLAG) else Predictor(folder, self.info)
+        self.predictor = None if LOGGING.get() else Predictor(folder, self.info)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
         """Predict for a DataFrame of rows; returns a DataFrame (one row per input row).
@@ -77,13 +78,13 @@ def log_model(
     mlflow.set_tracking_uri(tracking_uri)
     # the logged model belongs to the active experiment: make it the run's
     mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
-    # Model.log loads the model to check the input example; that would load the base model
-    # once more (minutes for a 7B decoder): while logging, the check predicts without weights
-    os.environ[LOGGING_FLAG] = "1"
+    # Model.log loads the model in this process to check the input example; that would load
+    # the base model once more (minutes for a 7B decoder): while logging, it predicts no weights
+    token = LOGGING.set(True)
     try:
         _log(run_id, folder, example, name)
     finally:
-        os.environ.pop(LOGGING_FLAG, None)
+        LOGGING.reset(token)
     return f"runs:/{run_id}/{name}"
 
 

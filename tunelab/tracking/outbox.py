@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunelab.run.distributed import is_rank_zero
+from tunelab.base.ranks import is_rank_zero
 
 log = logging.getLogger(__name__)
 FILE = "mlflow_outbox.jsonl"

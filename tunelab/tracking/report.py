@@ -84,7 +84,7 @@ def print_summary(run: RunConfig, result) -> None:
 def run_and_report(run: RunConfig) -> None:
     """Run the experiment and print the summary."""
     quiet_libraries()
-    from tunelab.run.distributed import is_rank_zero
+    from tunelab.base.ranks import is_rank_zero
     from tunelab.run.pipeline import run_experiment
 
     result = run_experiment(run)

@@ -8,8 +8,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tunelab.base.ranks import is_rank_zero
+from tunelab.base.services import absolute_uri
 from tunelab.config.compose import REPO_ROOT
-from tunelab.run.distributed import is_rank_zero
 from tunelab.tracking.run_info import flatten as flatten  # re-exported: sweeps, resume use it
 from tunelab.tracking.run_info import model_name, run_name
 
@@ -42,14 +43,6 @@ def run_tags(resolved: dict[str, Any]) -> dict[str, str]:
         "git_commit": commit,
         "mlflow.source.git.commit": commit.removesuffix("-dirty"),
     }
-
-
-def absolute_uri(uri: str) -> str:
-    """Make a relative `sqlite:///file.db` absolute (MLflow caches stores by URI string)."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri.removeprefix(prefix)).resolve())
-    return uri
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -120,7 +113,7 @@ def make_logger(
     if is_rank_zero():  # under DDP the other processes log nothing
         ensure_experiment(uri, cfg["experiment_name"])
     waiting = outbox.prepare(uri, Path(resolved["output_root"]) / resolved["name"], run_dir)
-    if run_id is not None:
+    if run_id is not None and is_rank_zero():
         set_run_status(uri, run_id, "RUNNING")
     elif parent_run_id is not None:
         client = MlflowClient(uri)
