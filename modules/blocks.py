@@ -73,3 +73,18 @@ def sliced(layer: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
         bias = layer.bias.detach()
         new.bias.data.copy_(bias.index_select(0, keep) if dim == 0 else bias)
     return new
+
+
+def run_batches(model: nn.Module, batches: list[dict]) -> None:
+    """Forward `batches` in eval mode without gradients (for hooks that measure); mode restored.
+
+    Only the model's tensor inputs are passed: not `labels`, nor a batch's non-tensor entries.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for batch in batches:
+            inputs = {k: v for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
+            model(**{k: v.to(device) for k, v in inputs.items()})
+    model.train(was_training)

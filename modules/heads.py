@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modules.blocks import replace, sliced
+from modules.blocks import replace, run_batches, sliced
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -54,13 +54,7 @@ def head_scores(model: nn.Module, blocks: nn.ModuleList, batches: list[dict]) ->
     handles = [
         attention_of(b).o_proj.register_forward_pre_hook(hook(i)) for i, b in enumerate(blocks)
     ]
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for batch in batches:
-            model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
-    model.train(was_training)
+    run_batches(model, batches)
     for handle in handles:
         handle.remove()
     columns = [attention_of(b).o_proj.weight.detach().unflatten(1, (-1, size)) for b in blocks]

@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from modules.blocks import replace, sliced
+from modules.blocks import replace, run_batches, sliced
 from tunelab.base.plugin import MethodConfig, ModelProbe, TaskConfig
 from tunelab.base.schema import PositiveInt
 
@@ -77,13 +77,7 @@ def measure(model: nn.Module, batches: list[dict[str, Any]]) -> tuple[list[Any],
         ]
 
     handles = [h for i, block in enumerate(blocks) for h in hooks(i, block)]
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for batch in batches:
-            model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
-    model.train(was_training)
+    run_batches(model, batches)
     for handle in handles:
         handle.remove()
     outputs = [ffn_of(block)[1].weight.detach() for block in blocks]

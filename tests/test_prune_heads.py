@@ -135,3 +135,32 @@ def test_head_fraction_that_removes_every_head_is_refused(tmp_path):
         ).check(probe, None, problems)
     [problem] = problems  # 0.5 keeps one of the 2 query heads per group, 0.8 none
     assert problem.startswith("method.head_fraction: 0.8 of the 2 query heads per key/value")
+
+
+@pytest.mark.slow
+def test_a_decoder_prune_run_exports_fewer_heads(tmp_path, monkeypatch):
+    """run.py with method=prune on the tiny Mistral: the export has 2 of 4 query heads."""
+    from decoder_helpers import decoder_overrides, write_qa
+    from transformers import AutoConfig
+
+    model, data = build_tiny(tmp_path / "tiny"), write_qa(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    lora_keys = [f"~method.{key}" for key in ("r", "alpha", "dropout", "target_modules")]
+    args = [
+        "experiment=lora_tiny_mistral",
+        *decoder_overrides(model, data, "trainer.max_epochs=1"),
+        "method=prune",
+        *lora_keys,
+        "method.head_fraction=0.5",
+        "method.batches=2",
+    ]
+    assert cli.main(args) == 0
+    [export] = (tmp_path / "outputs" / "lora_tiny_mistral").glob("*/export")
+    config = AutoConfig.from_pretrained(export)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (2, 2, 16)
+    from tunelab.serving.predict import load_predictor
+
+    rows = [{"instruction": "What is diabetes ?", "input": "about the liver"}]
+    [row] = load_predictor(str(export), None).predict(rows, max_new_tokens=4)
+    assert isinstance(row["generation"], str)
