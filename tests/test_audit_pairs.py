@@ -144,6 +144,29 @@ def test_cleaning_pairs_in_a_run_removes_the_audited_train_rows(pairs_root, tmp_
     assert len(datamodule.splits["test"]) == len(rows["test"])
 
 
+def test_unpaired_kto_rows_are_audited_as_completions(pairs_root, tmp_path: Path):
+    _, root = pairs_root
+    rows = [
+        {"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"}
+        for p in (_pair(k) for k in range(12))
+        for key in ("chosen", "rejected")
+    ]
+    (root / "kto").mkdir()
+    for split in ("train", "validation", "test"):
+        (root / "kto" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result, _ = cli.audit(
+        [
+            *args(pairs_root, "data.path=kto", "data.unpaired=true", "task.loss=kto"),
+            f"output={tmp_path}",
+        ]
+    )
+    assert result["kind"] == "instruction"  # prompt -> completion
+    balance = result["details"]["balance"]["train"]
+    assert balance["counts"] == {"desirable": 12, "undesirable": 12}
+    assert result["label_conflicts"] == 12  # each prompt with two completions
+    assert result["cross_split_leaks"] == 2 * 24  # the same rows in every split
+
+
 @pytest.mark.skipif(not (SHARED / "pubmedqa").is_dir(), reason="PubMedQA is not in the data root")
 def test_pubmedqa_pairs_through_the_pairs_builder(pairs_root, tmp_path: Path):
     """The real PubMedQA pairs: one per PMID, chosen and rejected differ in the decision only."""
