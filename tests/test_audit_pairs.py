@@ -189,3 +189,29 @@ def test_pubmedqa_pairs_through_the_pairs_builder(pairs_root, tmp_path: Path):
     assert abs(lengths["mean_difference"]) <= 2  # `Answer: yes` against `Answer: no` / `maybe`
     assert result["details"]["balance"]["train"]["classes"] == 3  # the gold decisions
     assert (folder / "audit.md").is_file()
+
+
+@pytest.mark.slow
+def test_a_dpo_run_with_data_audit_logs_the_report(pairs_root, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    import run as run_cli
+
+    _, root = pairs_root
+    rows = [_pair(k) for k in range(24)]
+    (root / "dpo").mkdir()
+    splits = {"train": rows[:16] + rows[:2], "validation": rows[16:20], "test": rows[20:]}
+    for split, split_rows in splits.items():
+        lines = "".join(json.dumps(r) + "\n" for r in split_rows)
+        (root / "dpo" / f"{split}.jsonl").write_text(lines)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    extra = ["data.path=dpo", "data.audit=true", "data.drop_duplicates=true"]
+    settings = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    store = ["logger.tracking_uri=sqlite:///mlflow.db", "logger.log_model=false"]
+    assert run_cli.main([*args(pairs_root, *extra), *settings, *store]) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.metrics["data/removed_duplicates"] == 2
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "audit")}
+    assert {"audit/audit.md", "audit/audit.json", "audit/removed.json"} <= logged
