@@ -5,7 +5,8 @@ r"""Export a finished run's model for deployment: ONNX (encoders), GGUF (decoder
         [check_rows=300] [min_agreement=0.99] [max_difference=0.1] [llama_cpp=<llama.cpp src>] \
         [tracking_uri=...] [register_as=NAME alias=ALIAS] [log_model=true]
 
-onnx takes quantize none | int8, gguf none | q8_0 | q4_k_m, hf none. The export is checked
+onnx takes quantize none | int8 (onnxruntime), gguf none | q8_0 | q4_k_m, hf none | int8
+(torchao int8 weight-only, needs torchao). The export is checked
 against the PyTorch model on the run's test rows and refused beyond the tolerance; it is logged
 as MLflow Model `model_<format>_<quantize>` of the run. The folder's path is the last line.
 """

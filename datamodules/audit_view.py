@@ -1,8 +1,8 @@
 """What a family's datamodule would train on, as rows the audit reads (`tunelab.audit`).
 
-`classification_view` and `instruction_view` turn a datamodule's checked, subsampled splits
-into a `View` with token lengths from the run's tokenizer; `cleaned` runs the audit hook and
-returns which train rows to keep. `python audit.py` builds the same views.
+`classification_view`, `instruction_view` and `preference_view` turn a datamodule's checked,
+subsampled splits into a `View` with token lengths from the run's tokenizer; `cleaned` runs the
+audit hook and returns which train rows to keep. `python audit.py` builds the same views.
 """
 
 from __future__ import annotations
@@ -86,6 +86,50 @@ def instruction_view(
         datamodule.tokenizer_name,
         datamodule.max_length,
     )
+
+
+def _pair_split(datamodule: Any, records: list[Record], chat: bool | None) -> Split:
+    chosen = [{**r, "response": r.get("chosen") or ""} for r in records]
+    split = _instruction_split(datamodule, chosen, chat)
+    split.rejected = [r.get("rejected") or "" for r in records]
+    split.rejected_lengths = [
+        0 if chat is None else _token_lengths(datamodule, {**r, "response": rejected}, chat)[1]
+        for r, rejected in zip(records, split.rejected, strict=True)
+    ]
+    return split
+
+
+def preference_view(
+    datamodule: Any, records: dict[str, list[Record]], measure: bool = True
+) -> View:
+    """The view of preference records: prompt -> chosen over rejected.
+
+    Unpaired (KTO) records are seen as instruction data: prompt -> completion, the class
+    `desirable` or `undesirable`. `measure=False` skips tokenising (lengths 0).
+    """
+    if any("completion" in r for rows in records.values() for r in rows):
+        unpaired = {
+            split: [
+                {**r, "response": r.get("completion") or "", "answer": _desirable(r)} for r in rows
+            ]
+            for split, rows in records.items()
+        }
+        return instruction_view(datamodule, unpaired, measure)
+    chat = None
+    if measure:
+        chat = prompting.uses_chat_template(datamodule.tokenizer, datamodule.data.template)
+    splits = {name: _pair_split(datamodule, rows, chat) for name, rows in records.items()}
+    return View(
+        "preference",
+        splits,
+        datamodule.data.name,
+        datamodule.tokenizer_name,
+        datamodule.max_length,
+    )
+
+
+def _desirable(record: Record) -> str:
+    return "desirable" if record.get("label") else "undesirable"
 
 
 def cleaned(view: View, data: Any) -> tuple[list[int], dict[str, Any]]:

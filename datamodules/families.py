@@ -28,7 +28,7 @@ RequiredPath = Annotated[str, AfterValidator(_given)]
 
 
 class AuditedData(DataConfig):
-    """The audit and cleaning settings both families share (see `tunelab.audit`).
+    """The audit and cleaning settings every family shares (see `tunelab.audit`).
 
     Cleaning removes train rows only, logs how many and which, and is off by default; a run
     whose validation or test texts also sit in train says so in one warning line either way.
@@ -38,7 +38,8 @@ class AuditedData(DataConfig):
             the run's MLflow run.
         drop_duplicates: remove train rows that repeat (exactly, or nearly) an earlier train row.
         drop_leaked: remove train rows whose text is (nearly) a validation or test text.
-        drop_conflicts: remove train rows whose text also appears with another label (response).
+        drop_conflicts: remove train rows whose text also appears with another label (response);
+            for preference pairs: pairs another pair of the same prompt reverses.
     """
 
     audit: bool = False
@@ -119,7 +120,7 @@ class InstructionData(AuditedData):
         return option
 
 
-class PreferenceData(DataConfig):
+class PreferenceData(AuditedData):
     """Preference pairs for decoders: `load` returns (prompt, chosen, rejected) records.
 
     Subclasses implement `load(seed) -> {"train": [...], "validation": [...], "test": [...]}`

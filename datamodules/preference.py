@@ -15,10 +15,11 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 
-from datamodules import prepared
+from datamodules import audit_view, prepared
 from datamodules.batching import grouped
 from datamodules.instruction import InstructionDataModule, Record, where
 from datamodules.resumable import shuffled, training_loader
+from tunelab.audit import hook as audit_hook
 from tunelab.base import prompting
 from tunelab.base.errors import DataError
 
@@ -137,12 +138,19 @@ class PreferenceDataModule(InstructionDataModule):
                 ) from err
         return encoded
 
+    def view_for_audit(self) -> Any:
+        """What would train (before any `data.drop_*`), as rows for `python audit.py`."""
+        return audit_view.preference_view(self, self._load())
+
     def _prepare(self) -> prepared.Prepared:
-        """Load, check and encode the records; the splits and the records."""
+        """Load, audit and clean (`data.audit`, `data.drop_*`), check and encode the records."""
         records = self._load()
+        view = audit_view.preference_view(self, records, audit_hook.needs_audit(self.data))
+        keep, record = audit_view.cleaned(view, self.data)
+        records["train"] = [records["train"][i] for i in keep]
         rows = {s: self.encode_split(s, r) for s, r in records.items()}
         splits = DatasetDict({s: Dataset.from_list(r) for s, r in rows.items()})
-        return splits, {"records": records, "audit": None}  # pairs are not audited (yet)
+        return splits, {"records": records, "audit": record}
 
     def ordered_loader(self, split: str) -> DataLoader:
         """A split's batches in row order (for scoring every row once)."""

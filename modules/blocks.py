@@ -2,11 +2,13 @@
 
 Architectures name their block list differently (`bert.encoder.layer`, `model.layers`,
 `transformer.h`); these helpers find it by structure instead of by name, so `freeze`, `adapter`
-and `distill` work for encoders and decoders alike.
+and `distill` work for encoders and decoders alike. `replace` and `sliced` rebuild a layer
+smaller (`prune`, `heads`).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -51,3 +53,38 @@ def is_head(name: str, model: nn.Module) -> bool:
     """Whether parameter `name` is in the task head (outside `model.base_model`: `classifier`)."""
     prefix = getattr(model, "base_model_prefix", "")
     return bool(prefix) and hasattr(model, prefix) and not name.startswith(f"{prefix}.")
+
+
+def replace(block: nn.Module, old: nn.Linear, new: nn.Linear) -> None:
+    """Put `new` where `old` sits inside `block`."""
+    name = next(n for n, m in block.named_modules() if m is old)
+    parent, _, attr = name.rpartition(".")
+    setattr(block.get_submodule(parent) if parent else block, attr, new)
+
+
+def sliced(layer: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
+    """`layer` keeping output rows (`dim=0`) or input columns (`dim=1`) at `keep`."""
+    weight = layer.weight.detach().index_select(dim, keep).clone()
+    out_features, in_features = weight.shape
+    new = nn.Linear(in_features, out_features, bias=layer.bias is not None)
+    new = new.to(dtype=weight.dtype, device=weight.device)
+    new.weight.data.copy_(weight)
+    if layer.bias is not None:
+        bias = layer.bias.detach()
+        new.bias.data.copy_(bias.index_select(0, keep) if dim == 0 else bias)
+    return new
+
+
+def run_batches(model: nn.Module, batches: list[dict]) -> None:
+    """Forward `batches` in eval mode without gradients (for hooks that measure); mode restored.
+
+    Only the model's tensor inputs are passed: not `labels`, nor a batch's non-tensor entries.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for batch in batches:
+            inputs = {k: v for k, v in batch.items() if k != "labels" and torch.is_tensor(v)}
+            model(**{k: v.to(device) for k, v in inputs.items()})
+    model.train(was_training)

@@ -22,6 +22,8 @@ class AuditConfig(Strict):
         cv_folds: folds of the out-of-fold probabilities.
         short_words: texts of at most this many words are reported as short.
         templated_min: a response given verbatim to this many different prompts is templated.
+        length_bias: preference data: a split is flagged when "prefer the longer response"
+            picks the chosen one in a share of pairs at least this far from one half.
         examples: examples shown per finding in the report.
         embed_batch_size: texts per batch when embedding with the base encoder.
     """
@@ -33,5 +35,6 @@ class AuditConfig(Strict):
     cv_folds: Annotated[int, Field(ge=2, le=20)] = 5
     short_words: Annotated[int, Field(ge=0)] = 1
     templated_min: Annotated[int, Field(ge=2)] = 5
+    length_bias: Annotated[float, Field(gt=0, le=0.5)] = 0.1
     examples: PositiveInt = 5
     embed_batch_size: PositiveInt = 64

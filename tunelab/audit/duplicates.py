@@ -140,10 +140,23 @@ def near_leaks(view: View, settings: AuditConfig, leaks: dict[str, dict[int, lis
 
 
 def find(view: View, settings: AuditConfig) -> Matches:
-    """Every exact and near duplicate, cross-split leak and label conflict of `view`."""
-    matches = Matches(leaks=exact_leaks(view), conflicts=conflicts(view))
+    """Every exact and near duplicate, cross-split leak and label conflict of `view`.
+
+    Preference pairs are duplicates when prompt, chosen and rejected match (near: the three
+    together are similar); leaks compare prompts; conflicts are reversed pairs (`pairs`).
+    """
+    from tunelab.audit import pairs
+
+    found = pairs.reversed_pairs(view) if view.kind == "preference" else conflicts(view)
+    matches = Matches(leaks=exact_leaks(view), conflicts=found)
+    conflicted = {(split, i) for rows in found for split, i, _ in rows}
     for split, rows in view.splits.items():
-        matches.exact[split] = exact_duplicates(rows.texts, rows.labels)
-        matches.near[split] = near_within(rows.texts, settings)
+        matches.exact[split] = exact_duplicates(rows.texts, rows.targets())
+        near = near_within(rows.compared(), settings)  # a reversed pair is a conflict only
+        matches.near[split] = [
+            (i, j, score)
+            for i, j, score in near
+            if (split, i) not in conflicted or (split, j) not in conflicted
+        ]
     near_leaks(view, settings, matches.leaks)
     return matches

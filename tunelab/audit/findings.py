@@ -6,7 +6,7 @@ import time
 from itertools import pairwise
 from typing import Any
 
-from tunelab.audit import duplicates, stats
+from tunelab.audit import duplicates, pairs, stats
 from tunelab.audit.config import AuditConfig
 from tunelab.audit.duplicates import Matches
 from tunelab.audit.table import View
@@ -19,7 +19,7 @@ def clip(text: str) -> str:
     return text if len(text) <= SHOWN else text[: SHOWN - 1] + "…"
 
 
-def _pairs(view: View, split: str, pairs: list[tuple[int, int, float]], n: int) -> dict[str, Any]:
+def _pairs(view: View, split: str, found: list[tuple[int, int, float]], n: int) -> dict[str, Any]:
     texts = view.splits[split].texts
     examples = [
         {
@@ -29,9 +29,9 @@ def _pairs(view: View, split: str, pairs: list[tuple[int, int, float]], n: int) 
             "same_as": clip(texts[j]),
             "similarity": round(s, 3),
         }
-        for i, j, s in pairs[:n]
+        for i, j, s in found[:n]
     ]
-    return {"count": len(pairs), "examples": examples}
+    return {"count": len(found), "examples": examples}
 
 
 def _leaks(view: View, leaks: dict[int, list[int]], split: str, n: int) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def removable(matches: Matches, issues: list[dict[str, Any]]) -> dict[str, list[
 
 def _label_issues(view: View, settings: AuditConfig, run_model: bool) -> tuple[list, str]:
     if view.kind != "classification":
-        return [], "not run: instruction data has no class labels"
+        return [], f"not run: {view.kind} data has no class labels"
     if not run_model:
         return [], "not run (audit.label_model=false)"
     from tunelab.audit.label_model import label_issues
@@ -111,6 +111,8 @@ def _stats(view: View, settings: AuditConfig) -> dict[str, Any]:
         details["short_texts"][split] = {"count": len(short), "examples": shown}
     if view.kind == "instruction":
         details["responses"] = stats.responses(view, settings.templated_min)
+    if view.kind == "preference":
+        details["pairs"] = pairs.details(view, settings.length_bias, settings.examples)
     return details
 
 
@@ -132,7 +134,8 @@ def audit(view: View, settings: AuditConfig, label_model: bool | None = None) ->
     clock["label_model"] = time.perf_counter()
     lengths = details["lengths"].values()
     steps = ["start", "duplicates", "stats", "label_model"]
-    return {
+    extra = {"degenerate_pairs": pairs.count(details["pairs"])} if "pairs" in details else {}
+    return extra | {
         "data": view.name,
         "kind": view.kind,
         "model": view.model,

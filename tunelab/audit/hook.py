@@ -69,7 +69,7 @@ def prepare(view: View, data: Any) -> tuple[set[int], dict[str, Any]]:
 
 def announce(record: dict[str, Any] | None, data: Any) -> None:
     """Warn about leaks (unless dropped) and say what each cleaning setting removed."""
-    if not record:  # data the audit does not cover (preference pairs)
+    if not record:  # a datamodule that does not audit
         return
     if record["leaks"] and "leaked" not in record["removed"]:
         log.warning(

@@ -26,9 +26,54 @@ def summary(result: dict[str, Any]) -> str:
         lines.append(
             f"    train row {issue['row']}: {text!r} {issue['given']} -> {issue['suggested']}"
         )
+    if "pairs" in result["details"]:
+        lines.append(_pairs_line(result))
     remove = ", ".join(f"drop_{k} {len(v):,}" for k, v in result["remove"].items() if v)
     lines.append(f"  train rows each data.drop_* setting would remove: {remove or 'none'}")
     return "\n".join(lines)
+
+
+def _pairs_line(result: dict[str, Any]) -> str:
+    train = result["details"]["pairs"]["lengths"]["train"]
+    biased = result["details"]["pairs"]["biased"]
+    return (
+        f"  pairs that prefer nothing (empty, chosen = rejected) {result['degenerate_pairs']:,}; "
+        f"the longer response is the chosen one in {100 * train['longer_wins']:.0f}% of train "
+        f"pairs{' (length bias in ' + ', '.join(biased) + ')' if biased else ''}"
+    )
+
+
+def _pairs_section(result: dict[str, Any]) -> list[str]:
+    found = result["details"]["pairs"]
+    lines = [
+        "## Preference pairs",
+        "",
+        "A pair prefers nothing when a part is empty or chosen equals rejected (the run refuses "
+        "it). `longer wins`: the share of pairs whose chosen response is the longer one (ties "
+        "half); far from 50%, response length alone predicts the preference, a shortcut the "
+        f"model can learn (flagged at `audit.length_bias` {result['settings']['length_bias']}).",
+        "",
+        "| split | empty prompt / chosen / rejected | chosen = rejected "
+        "| chosen tokens mean/p50/p95 | rejected tokens mean/p50/p95 "
+        "| chosen longer / shorter / same | longer wins |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for split, bad in found["degenerate"].items():
+        x = found["lengths"][split]
+        tokens = lambda d: f"{d['mean']}/{d['p50']}/{d['p95']}"  # noqa: E731
+        share = lambda v: f"{100 * v:.0f}%"  # noqa: E731
+        flag = " (biased)" if split in found["biased"] else ""
+        lines.append(
+            f"| {split} | {len(bad['empty_prompt'])} / {len(bad['empty_chosen'])} / "
+            f"{len(bad['empty_rejected'])} | {len(bad['chosen_is_rejected'])} "
+            f"| {tokens(x['chosen'])} | {tokens(x['rejected'])} | {share(x['chosen_longer'])} / "
+            f"{share(x['chosen_shorter'])} / {share(x['ties'])} | "
+            f"{share(x['longer_wins'])}{flag} |"
+        )
+    examples = [
+        {"split": s, **e} for s, bad in found["degenerate"].items() for e in bad["examples"]
+    ]
+    return [*lines, "", *_table(examples, ["split", "row", "prompt", "pair"])]
 
 
 def _table(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
@@ -66,6 +111,12 @@ def _length_rows(result: dict[str, Any]) -> list[str]:
 
 def _balance_and_lengths(result: dict[str, Any]) -> list[str]:
     lines = ["## Class balance and lengths", "", *_length_rows(result), ""]
+    if result["kind"] == "preference":
+        lines += [
+            "Preference pairs: tokens are the prompt's; `cut` counts prompts that leave no room "
+            "for a response plus pairs whose longer response is cut short.",
+            "",
+        ]
     if result["kind"] == "instruction":
         responses = result["details"]["responses"]
         empty = sum(map(len, responses["empty"].values()))
@@ -85,7 +136,8 @@ def _balance_and_lengths(result: dict[str, Any]) -> list[str]:
 def _head(result: dict[str, Any]) -> list[str]:
     from tunelab.tracking.run_info import model_name
 
-    counts = [{"finding": k, "count": result[k]} for k in (*COUNTS, *MORE)]
+    keys = (*COUNTS, *MORE, *(["degenerate_pairs"] if "degenerate_pairs" in result else []))
+    counts = [{"finding": k, "count": result[k]} for k in keys]
     return [
         f"# Data audit: {result['data']}",
         "",
@@ -127,6 +179,8 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
     lines += _table(result["label_issues"][:20], ["row", "text", "given", "suggested", "quality"])
     lines += _section("Short texts", details["short_texts"], ["row", "text"])
     lines += _balance_and_lengths(result)
+    if "pairs" in details:
+        lines += _pairs_section(result)
     lines += ["## Train rows each cleaning setting removes", ""]
     lines += [f"- `data.drop_{k}=true`: {len(v):,}" for k, v in result["remove"].items()]
     lines += ["", *(f"![{p}]({p})" for p in plots), ""]

@@ -48,7 +48,8 @@ def lengths(rows: Split, max_length: int) -> dict[str, Any]:
     """Token lengths and the rows `max_length` cuts.
 
     Classification: texts longer than `max_length` (`cut`). Instruction data: prompts that leave
-    no room for a response token (`no_room`) and responses cut short (`cut`).
+    no room for a response token (`no_room`) and responses cut short (`cut`). Preference pairs:
+    the same, a pair counting as cut when its longer response is.
     """
     info: dict[str, Any] = _quantiles(rows.lengths) | {"hist": _histogram(rows.lengths, max_length)}
     if rows.response_lengths is None:
@@ -58,13 +59,16 @@ def lengths(rows: Split, max_length: int) -> dict[str, Any]:
             "no_room": [],
             "share_cut": round(len(cut) / max(1, len(rows)), 4),
         }
-    pairs = list(zip(rows.lengths, rows.response_lengths, strict=True))
+    replies = rows.response_lengths
+    if rows.rejected_lengths is not None:
+        replies = list(map(max, replies, rows.rejected_lengths))
+    pairs = list(zip(rows.lengths, replies, strict=True))
     no_room = [i for i, (p, _) in enumerate(pairs) if p >= max_length]
     cut = [i for i, (p, r) in enumerate(pairs) if p < max_length < p + r]
     share = (len(cut) + len(no_room)) / max(1, len(rows))
     totals = [p + r for p, r in pairs]
     return info | {
-        "response": _quantiles(rows.response_lengths),
+        "response": _quantiles(replies),
         "total": _quantiles(totals) | {"hist": _histogram(totals, max_length)},
         "cut": cut,
         "no_room": no_room,

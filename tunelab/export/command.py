@@ -22,7 +22,7 @@ from tunelab.base.errors import ConfigError
 from tunelab.export.check import ExportError, Tolerance, compare, enforce, predict_all, test_rows
 
 # format -> what it can be quantised to ("none": the fine-tuned precision, fp32 on CPU)
-QUANTIZE = {"hf": ("none",), "onnx": ("none", "int8"), "gguf": ("none", "q8_0", "q4_k_m")}
+QUANTIZE = {"hf": ("none", "int8"), "onnx": ("none", "int8"), "gguf": ("none", "q8_0", "q4_k_m")}
 WRITERS = {"hf": "tunelab.export.hf", "onnx": "tunelab.export.onnx", "gguf": "tunelab.export.gguf"}
 
 
@@ -32,7 +32,7 @@ class ExportArgs(BaseModel):
     Attributes:
         source: a run folder, an export folder, a run id, `runs:/` or `models:/` URI.
         format: `hf` (merged PyTorch model), `onnx` (encoders), `gguf` (decoders, llama.cpp).
-        quantize: see `QUANTIZE` for what each format takes.
+        quantize: see `QUANTIZE` for what each format takes (`hf` int8: torchao weight-only).
         output: the new folder (default `<run folder>/exports/<format>_<quantize>`).
         check_rows: test rows the check predicts (default 300; 8 prompts for generators).
         min_agreement: least share of rows with equal labels or generations (see `Tolerance`).
@@ -114,6 +114,11 @@ def check_task(args: ExportArgs, predictor: Any) -> None:
         )
     if args.format == "gguf" and not generates:
         raise ExportError("format=gguf is for decoders (llama.cpp). Fix: format=onnx or format=hf")
+    if args.format == "hf" and args.quantize == "int8":
+        from tunelab.export.hf import torchao_missing
+
+        if torchao_missing():
+            raise ExportError(torchao_missing())
     if args.format == "gguf":  # before minutes of work: llama.cpp's runtime and converter
         from tunelab.export.gguf import converter, runtime_missing
 

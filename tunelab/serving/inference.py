@@ -17,6 +17,7 @@ predict; nothing here compares task names. Exports written by `export.py` add `f
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,13 @@ def load_runtime(folder: Path, info: dict[str, Any]) -> Any:
     return import_module(RUNTIMES[fmt]).load(folder, info)
 
 
+def _has_torchao() -> bool:
+    try:
+        return importlib.util.find_spec("torchao") is not None
+    except ValueError:  # sys.modules holds None for it: its import is blocked
+        return False
+
+
 def load_model(folder: Path, info: dict[str, Any]) -> Any:
     """The trained model in eval mode, rebuilt from an export folder (see the module doc).
 
@@ -102,6 +110,11 @@ def load_model(folder: Path, info: dict[str, Any]) -> Any:
     from tunelab.base.models import gate_bitsandbytes
 
     gate_bitsandbytes(False)  # nothing served is 4-bit: no bitsandbytes import or CPU notice
+    if info.get("quantize") == "int8" and not _has_torchao():  # format=hf here
+        raise ModelLoadError(
+            f"{folder} is a torchao int8 export (export.py format=hf quantize=int8) and torchao "
+            "is not installed here. Fix: pip install torchao (the version in its requirements)"
+        )
     task: TaskConfig = plugin("task", info["task"])
     method: MethodConfig = plugin("method", info["method"])
     auto = get_class(task.auto_model)

@@ -24,6 +24,10 @@ def quiet_libraries() -> None:
         "mlflow",
     ):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # torchao (imported by peft whenever installed) reports its CUDA-only kernels it cannot
+    # load on a CPU machine, and torch the enums it registers: nothing a user can act on
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def perf_rows(tracking_uri: str, run_id: str) -> list[tuple[str, str]]:
