@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
         )
         return 2
     from tunelab.audit.cli import audit
-    from tunelab.audit.report import summary
+    from tunelab.base.audit.report import summary
     from tunelab.base.errors import TunelabError, report_error
 
     try:

@@ -1,4 +1,4 @@
-"""What a family's datamodule would train on, as rows the audit reads (`tunelab.audit`).
+"""What a family's datamodule would train on, as rows the audit reads (`tunelab.base.audit`).
 
 `classification_view`, `instruction_view` and `preference_view` turn a datamodule's checked,
 subsampled splits into a `View` with token lengths from the run's tokenizer; `cleaned` runs the
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.audit.table import Split, View
 from tunelab.base import prompting
+from tunelab.base.audit.table import Split, View
 
 Record = dict[str, Any]  # an instruction record (see datamodules.families.InstructionData)
 
@@ -134,7 +134,7 @@ def _desirable(record: Record) -> str:
 
 def cleaned(view: View, data: Any) -> tuple[list[int], dict[str, Any]]:
     """The train positions to keep after `data.drop_*`, and the audit record (see hook)."""
-    from tunelab.audit import hook
+    from tunelab.base.audit import hook
 
     drop, record = hook.prepare(view, data)
     return [i for i in range(len(view.splits["train"])) if i not in drop], record

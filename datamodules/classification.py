@@ -13,7 +13,7 @@ from datamodules import audit_view, common, prepared
 from datamodules.batching import grouped, length_grouped_sampler
 from datamodules.labels import encode_labels, label_names
 from datamodules.resumable import shuffled, training_loader
-from tunelab.audit import hook as audit_hook
+from tunelab.base.audit import hook as audit_hook
 from tunelab.base.errors import DataError
 from tunelab.base.plugin import DataConfig
 

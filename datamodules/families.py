@@ -28,7 +28,7 @@ RequiredPath = Annotated[str, AfterValidator(_given)]
 
 
 class AuditedData(DataConfig):
-    """The audit and cleaning settings every family shares (see `tunelab.audit`).
+    """The audit and cleaning settings every family shares (see `tunelab.base.audit`).
 
     Cleaning removes train rows only, logs how many and which, and is off by default; a run
     whose validation or test texts also sit in train says so in one warning line either way.
@@ -65,7 +65,7 @@ class ClassificationData(AuditedData):
     eval_batch_size: PositiveInt = 64
     num_workers: Annotated[int, Field(ge=0)] = 0
     group_by_length: bool = True
-    # remove the train rows the label-error model suspects (see tunelab.audit.label_model)
+    # remove the train rows the label-error model suspects (see tunelab.base.audit.label_model)
     drop_label_issues: bool = False
 
     def load(self, seed: int) -> tuple[Any, list[str] | None]:

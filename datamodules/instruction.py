@@ -13,8 +13,8 @@ from typing_extensions import override
 from datamodules import audit_view, common, prepared
 from datamodules.batching import grouped
 from datamodules.resumable import shuffled, training_loader
-from tunelab.audit import hook as audit_hook
 from tunelab.base import prompting
+from tunelab.base.audit import hook as audit_hook
 from tunelab.base.errors import DataError
 from tunelab.base.plugin import DataConfig
 

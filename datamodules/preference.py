@@ -19,8 +19,8 @@ from datamodules import audit_view, prepared
 from datamodules.batching import grouped
 from datamodules.instruction import InstructionDataModule, Record, where
 from datamodules.resumable import shuffled, training_loader
-from tunelab.audit import hook as audit_hook
 from tunelab.base import prompting
+from tunelab.base.audit import hook as audit_hook
 from tunelab.base.errors import DataError
 
 PAIRED = ("instruction", "chosen", "rejected")

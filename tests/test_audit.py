@@ -240,7 +240,7 @@ def test_cleaning_settings_remove_what_they_say_and_log_it(
 
 
 def test_a_leaking_run_warns_once_with_the_count(planted, tiny_bert, caplog):
-    from tunelab.audit import duplicates
+    from tunelab.base.audit import duplicates
 
     root, _ = planted
     datamodule = _datamodule(root, tiny_bert)

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tunelab.audit.config import AuditConfig
+from tunelab.base.audit.config import AuditConfig
 from tunelab.base.errors import ConfigError
 
 USAGE = """usage: python audit.py experiment=NAME [key=value ...] [audit.KEY=VALUE ...] [output=DIR]
@@ -80,7 +80,7 @@ def view_of(run: Any) -> Any:
 
 def audit(args: list[str]) -> tuple[dict[str, Any], Path]:
     """Audit the data of the run `args` describe; write the report; the result and its folder."""
-    from tunelab.audit import findings, report
+    from tunelab.base.audit import findings, report
 
     run, settings, folder = load(args)
     result = findings.audit(view_of(run), settings)

@@ -13,9 +13,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tunelab.audit import duplicates, findings, report
-from tunelab.audit.config import AuditConfig
-from tunelab.audit.table import View
+from tunelab.base.audit import duplicates, findings, report
+from tunelab.base.audit.config import AuditConfig
+from tunelab.base.audit.table import View
 
 log = logging.getLogger(__name__)
 

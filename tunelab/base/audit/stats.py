@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from tunelab.audit.table import Split, View, normalise
+from tunelab.base.audit.table import Split, View, normalise
 
 BINS = 20  # bars of the length histograms
 

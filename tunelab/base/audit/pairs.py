@@ -13,7 +13,7 @@ from collections import defaultdict
 from statistics import fmean
 from typing import Any
 
-from tunelab.audit.table import Split, View, normalise
+from tunelab.base.audit.table import Split, View, normalise
 
 Row = tuple[str, int, str]  # (split, row, "chosen > rejected") as the conflicts list them
 CUT = 80  # characters of each response in a conflict's label

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.audit.config import AuditConfig
+from tunelab.base.audit.config import AuditConfig
 from tunelab.base.errors import ModelLoadError
 
 

@@ -6,10 +6,10 @@ import time
 from itertools import pairwise
 from typing import Any
 
-from tunelab.audit import duplicates, pairs, stats
-from tunelab.audit.config import AuditConfig
-from tunelab.audit.duplicates import Matches
-from tunelab.audit.table import View
+from tunelab.base.audit import duplicates, pairs, stats
+from tunelab.base.audit.config import AuditConfig
+from tunelab.base.audit.duplicates import Matches
+from tunelab.base.audit.table import View
 
 SHOWN = 200  # characters of a text shown in examples
 
@@ -82,7 +82,7 @@ def _label_issues(view: View, settings: AuditConfig, run_model: bool) -> tuple[l
         return [], f"not run: {view.kind} data has no class labels"
     if not run_model:
         return [], "not run (audit.label_model=false)"
-    from tunelab.audit.label_model import label_issues
+    from tunelab.base.audit.label_model import label_issues
 
     train = view.splits["train"]
     issues = label_issues(train.texts, train.labels, view.model, view.max_length, settings)

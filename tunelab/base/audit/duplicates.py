@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from tunelab.audit.config import AuditConfig
-from tunelab.audit.table import View, normalise
+from tunelab.base.audit.config import AuditConfig
+from tunelab.base.audit.table import View, normalise
 
 Pair = tuple[int, int, float]  # (row, the earlier or train row it matches, Jaccard similarity)
 
@@ -145,7 +145,7 @@ def find(view: View, settings: AuditConfig) -> Matches:
     Preference pairs are duplicates when prompt, chosen and rejected match (near: the three
     together are similar); leaks compare prompts; conflicts are reversed pairs (`pairs`).
     """
-    from tunelab.audit import pairs
+    from tunelab.base.audit import pairs
 
     found = pairs.reversed_pairs(view) if view.kind == "preference" else conflicts(view)
     matches = Matches(leaks=exact_leaks(view), conflicts=found)
