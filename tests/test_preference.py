@@ -140,9 +140,11 @@ def test_unpaired_file_needs_unpaired_and_batches_carry_mismatched_rows(tiny):
     dm.setup()
     batch = next(iter(dm.val_dataloader()))
     assert batch["input_ids"].shape[0] == 8 and batch["desirable"].tolist().count(True) == 2
-    kl_row = dm.tokenizer.decode(batch["input_ids"][4][batch["labels"][4] != -100])
-    last = dm.tokenizer.decode(batch["input_ids"][3][batch["labels"][3] != -100])
-    assert kl_row == last  # the first prompt with the last row's completion
+    kl_row = dm.tokenizer.decode(batch["input_ids"][5][batch["labels"][5] != -100])
+    first = dm.tokenizer.decode(batch["input_ids"][0][batch["labels"][0] != -100])
+    assert kl_row == first  # the second prompt with the first row's completion
+    prompt = (batch["labels"] == -100) & (batch["attention_mask"] == 1)
+    assert torch.equal(batch["input_ids"][5][prompt[5]], batch["input_ids"][1][prompt[1]])
 
 
 @pytest.mark.skipif(not (SHARED / "pubmedqa").is_dir(), reason="no shared PubMedQA copy")
