@@ -49,6 +49,9 @@ class Preference(CausalLM):
         tracking_uri: the MLflow store a run id or `models:/` reference is looked up in.
         disable_dropout: dropout off in policy and reference (TRL's default), so that the two
             agree exactly at the start (loss ln 2, rewards 0).
+        precompute_reference: score every split with the reference once, then free it.
+        evaluate_before: log the starting model's test metrics as `test/before/*`
+            (`callbacks.before_training`), beside the trained model's `test/*`.
     """
 
     data_family: ClassVar[str] = "preference"
@@ -63,6 +66,7 @@ class Preference(CausalLM):
     tracking_uri: str | None = None
     disable_dropout: bool = True
     precompute_reference: bool = False  # score with the reference once, then free it
+    evaluate_before: bool = True  # test metrics of the starting model (test/before/*)
     _frozen: Any = PrivateAttr(default=None)  # the frozen reference copy (non-PEFT methods)
     _adapter: Any = PrivateAttr(default=None)  # the reference adapter's local folder, once found
 

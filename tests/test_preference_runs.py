@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import test_preference
@@ -133,3 +134,118 @@ def test_precompute_without_a_reference_is_refused(tiny):
         p.startswith("task.precompute_reference: task.loss=orpo uses no reference")
         for p in caught.value.problems
     )
+
+
+# ----------------------------------------------------------------------------- before / after
+def test_before_and_after_metrics_land_in_the_same_run(tmp_path, tiny):
+    """DPO on PubMedQA-shaped pairs: test/before/* is the starting model, test/* the trained."""
+    from test_decoder_eval import write_pubmedqa
+    from test_preference import history, run_cli
+
+    from callbacks.option_scoring import OptionScoring
+
+    root = write_pubmedqa(tmp_path / "data")
+    pubmedqa = ["data=pubmedqa_pairs", f"data.root={root}", "data.path=pubmedqa", "data.val_size=4"]
+    args = [*overrides(tiny, "model.max_length=96", "trainer.max_epochs=2"), *pubmedqa]
+    code, client, run = run_cli(tmp_path, args)
+    assert code == 0
+    metrics = run.data.metrics
+    # the policy starts as its reference: loss ln 2, every reward 0, so no pair is won yet
+    assert metrics["test/before/loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert metrics["test/before/rewards/accuracies"] == 0.0
+    assert {"test/rewards/accuracies", "test/decision_acc", "test/before/decision_acc"} <= set(
+        metrics
+    )
+    assert history(client, run, "test/before/decision_acc")[0] in {i / 8 for i in range(9)}
+    # before = option scoring of the base model (the new adapter starts as the identity)
+    _, config = load_config(args)
+    datamodule, module = build_data_and_module(config)
+    results = OptionScoring().evaluate(module, datamodule, datamodule.data.answer_options())
+    right = sum(r["gold"] == r["predicted"] for r in results) / len(results)
+    assert metrics["test/before/decision_acc"] == pytest.approx(right)
+
+
+def test_evaluate_before_false_logs_nothing_before(tmp_path, tiny):
+    from test_preference import run_cli
+
+    args = overrides(tiny, "task.evaluate_before=false", "trainer.max_epochs=1")
+    code, _, run = run_cli(tmp_path, args)
+    assert code == 0 and not [k for k in run.data.metrics if k.startswith("test/before/")]
+
+
+# ----------------------------------------------------------------------------- resume
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["task.precompute_reference=true"]])
+def test_stopped_preference_run_resumes_to_the_same_losses(tmp_path, monkeypatch, tiny, extra):
+    """Stopped mid-epoch (as SIGTERM stops it), then rerun: every step's train/loss matches."""
+    from test_preference import run_cli
+    from test_resume import stop_at
+
+    from tunelab.run import resume
+
+    args = overrides(tiny, "trainer.max_epochs=2", "trainer.checkpoint_every_n_steps=2", *extra)
+    (tmp_path / "once").mkdir()
+    (tmp_path / "twice").mkdir()
+    code, client, clean = run_cli(tmp_path / "once", args)
+    assert code == 0
+    with monkeypatch.context() as patch:
+        stop_at(patch, 8)  # 48 pairs / 8: mid second epoch
+        code, _, killed = run_cli(tmp_path / "twice", args)
+    assert code == 143 and killed.info.status == "KILLED"
+    code, again, resumed = run_cli(tmp_path / "twice", args)
+    assert code == 0 and resumed.info.run_id == killed.info.run_id
+    [folder] = (tmp_path / "twice" / "outputs" / "dpo_tiny_mistral").iterdir()
+    assert resume.read_state(folder)["status"] == "finished"
+    for key in ("train/loss", "train/rewards/margins", "val/rewards/accuracies", "val/loss"):
+        want = per_step(client, clean.info.run_id, key)
+        have = per_step(again, resumed.info.run_id, key)
+        assert sorted(have) == sorted(want), key
+        for step, values in have.items():
+            assert values == pytest.approx([want[step][0]] * len(values), abs=1e-6), (key, step)
+    before = [k for k in resumed.data.metrics if k.startswith("test/before/")]
+    assert before and all(
+        len(again.get_metric_history(resumed.info.run_id, k)) == 1 for k in before
+    )  # the starting model's metrics, logged once: not again by the resumed fit
+
+
+def per_step(client: Any, run_id: str, key: str) -> dict[int, list[float]]:
+    steps: dict[int, list[float]] = {}
+    for metric in client.get_metric_history(run_id, key):
+        steps.setdefault(metric.step, []).append(metric.value)
+    return steps
+
+
+# ----------------------------------------------------------------------------- DDP
+@pytest.mark.slow
+def test_dpo_under_ddp_on_two_cpu_processes_matches_one_process(tmp_path, tiny):
+    """gloo, 2 processes with 4 pairs each against 1 process with 8: the same losses."""
+    from mlflow import MlflowClient
+    from test_distributed import LOSS_TOLERANCE
+    from test_distributed import run_cli as run_process
+
+    common = [*overrides(tiny, "trainer.max_epochs=1", "data.group_by_length=false")]
+    common += ["trainer.accelerator=cpu", "export.save_model=false"]
+    one = [*common, "data.batch_size=8", "logger.tracking_uri=sqlite:///one.db"]
+    two = [*common, "data.batch_size=4", "trainer.strategy=ddp", "trainer.devices=2"]
+    run_process(one, tmp_path)
+    out = run_process([*two, "logger.tracking_uri=sqlite:///two.db"], tmp_path)
+    assert out.stdout.count("MLflow run id") == 1
+    found = {}
+    for db in ("one", "two"):
+        client = MlflowClient(f"sqlite:///{tmp_path}/{db}.db")
+        [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert run.info.status == "FINISHED"
+        found[db] = {
+            k: [
+                m.value
+                for m in sorted(
+                    client.get_metric_history(run.info.run_id, k),
+                    key=lambda m: (m.step, m.timestamp),
+                )
+            ]
+            for k in ("train/loss", "val/loss", "val/rewards/accuracies", "test/before/loss")
+        }
+    assert len(found["one"]["train/loss"]) == 6  # 48 pairs / 8
+    assert found["one"]["train/loss"][0] == pytest.approx(math.log(2), abs=1e-5)
+    for key, values in found["one"].items():
+        assert found["two"][key] == pytest.approx(values, abs=LOSS_TOLERANCE), key
