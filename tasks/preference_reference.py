@@ -56,21 +56,46 @@ def inner_adapter(folder: Path) -> Path | None:
     return next((c for c in candidates if (c / ADAPTER_FILE).is_file()), None)
 
 
+def artifact_uri(source: str, tracking_uri: str | None) -> str:
+    """Where `source`'s files are, looked up in `tracking_uri`'s store and registry.
+
+    Resolved here with an `MlflowClient` of that store: MLflow resolves `models:/` names, and the
+    logged models behind `runs:/<id>/<name>` (MLflow 3 keeps them apart from the run's
+    artifacts), in the process-wide store (the current run's), whatever store is passed to it.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if source.startswith("models:/"):
+        spec = source.removeprefix("models:/")
+        if "@" in spec:
+            name, alias = spec.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias).version
+        else:
+            name, _, version = spec.partition("/")
+        return client.get_model_version_download_uri(name, version)
+    run_id, _, name = source.removeprefix("runs:/").partition("/")
+    run = client.get_run(run_id)
+    name = name.strip("/") or "model"
+    query = f"source_run_id = '{run_id}' AND name = '{name}'"
+    for model in client.search_logged_models([run.info.experiment_id], filter_string=query):
+        return model.artifact_location
+    return f"{run.info.artifact_uri.rstrip('/')}/{name}"  # an artifact of the run itself
+
+
 def download(source: str, tracking_uri: str | None) -> Path:
     """The adapter folder of an MLflow run id, `runs:/` or `models:/` URI, downloaded."""
     from mlflow.artifacts import download_artifacts
 
-    uri = source if source.startswith(MLFLOW_PREFIXES) else f"runs:/{source}/model"
     try:
-        local = download_artifacts(
-            artifact_uri=uri, tracking_uri=tracking_uri, registry_uri=tracking_uri
-        )
+        uri = artifact_uri(source, tracking_uri)
+        local = download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
     except Exception as err:  # MlflowException, OSError: not in this store
         raise ModelLoadError(
             f"task.reference_adapter={source} was not found in the MLflow store "
             f"{tracking_uri or '(MLflow default)'}: {str(err).splitlines()[0]}. Fix: check the "
-            "run id or the model's name and alias, and task.tracking_uri (default: "
-            "logger.tracking_uri)"
+            "run id or the model's name and alias (models:/<name>@<alias> or "
+            "models:/<name>/<version>), and task.tracking_uri (default: logger.tracking_uri)"
         ) from err
     folder = inner_adapter(Path(local))
     if folder is None:

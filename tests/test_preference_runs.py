@@ -73,7 +73,8 @@ def sft_args(tiny) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["run_id", "runs:/{run_id}/model", "models:/tiny-sft@champion"])
-def test_sft_reference_named_in_mlflow_is_downloaded_and_used(tiny, logged_sft, name):
+def test_sft_reference_named_in_mlflow_is_downloaded_and_used(tmp_path, tiny, logged_sft, name):
+    import mlflow
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -81,7 +82,12 @@ def test_sft_reference_named_in_mlflow_is_downloaded_and_used(tiny, logged_sft, 
     store = f"logger.tracking_uri={logged_sft.uri}"
     _, config = load_config(overrides(tiny, f"task.reference_adapter={source}", store))
     assert config.task.tracking_uri == logged_sft.uri  # the run's store by default
-    datamodule, module = build_data_and_module(config)
+    elsewhere = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/other.db")  # as a run's own store would be
+    try:
+        datamodule, module = build_data_and_module(config)
+    finally:
+        mlflow.set_tracking_uri(elsewhere)
     batch = next(iter(datamodule.val_dataloader()))
     with module.task.reference(module.model) as reference:
         found = logps_of(reference, batch)
@@ -137,8 +143,10 @@ def test_precompute_without_a_reference_is_refused(tiny):
 
 
 # ----------------------------------------------------------------------------- before / after
-def test_before_and_after_metrics_land_in_the_same_run(tmp_path, tiny):
-    """DPO on PubMedQA-shaped pairs: test/before/* is the starting model, test/* the trained."""
+@pytest.mark.parametrize("start", ["base", "sft"])
+def test_before_and_after_metrics_land_in_the_same_run(tmp_path, tiny, logged_sft, start):
+    """DPO on PubMedQA-shaped pairs: test/before/* is the starting model (the base with a new
+    adapter, or the SFT model), test/* the trained one (SFT -> DPO), in one MLflow run."""
     from test_decoder_eval import write_pubmedqa
     from test_preference import history, run_cli
 
@@ -146,7 +154,12 @@ def test_before_and_after_metrics_land_in_the_same_run(tmp_path, tiny):
 
     root = write_pubmedqa(tmp_path / "data")
     pubmedqa = ["data=pubmedqa_pairs", f"data.root={root}", "data.path=pubmedqa", "data.val_size=4"]
-    args = [*overrides(tiny, "model.max_length=96", "trainer.max_epochs=2"), *pubmedqa]
+    sft = [
+        "task.reference_adapter=models:/tiny-sft@champion",
+        f"task.tracking_uri={logged_sft.uri}",
+    ]
+    extra = sft if start == "sft" else []
+    args = [*overrides(tiny, "model.max_length=96", "trainer.max_epochs=2"), *pubmedqa, *extra]
     code, client, run = run_cli(tmp_path, args)
     assert code == 0
     metrics = run.data.metrics
@@ -157,7 +170,8 @@ def test_before_and_after_metrics_land_in_the_same_run(tmp_path, tiny):
         metrics
     )
     assert history(client, run, "test/before/decision_acc")[0] in {i / 8 for i in range(9)}
-    # before = option scoring of the base model (the new adapter starts as the identity)
+    # before = option scoring of the model as it starts: the base (a new adapter is the
+    # identity at first) or the SFT model (the policy starts as a copy of its adapter)
     _, config = load_config(args)
     datamodule, module = build_data_and_module(config)
     results = OptionScoring().evaluate(module, datamodule, datamodule.data.answer_options())
