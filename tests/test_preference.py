@@ -198,8 +198,9 @@ def test_learns_a_synthetic_preference_on_held_out_pairs(tmp_path, tiny, loss, e
 
 
 @pytest.mark.slow
-def test_kto_trains_on_unpaired_labels(tmp_path, tiny):
-    args = overrides(tiny, "task.loss=kto", "data.unpaired=true", "data.path=kto")
+@pytest.mark.parametrize("extra", [[], ["task.precompute_reference=true"]])
+def test_kto_trains_on_unpaired_labels(tmp_path, tiny, extra):
+    args = overrides(tiny, "task.loss=kto", "data.unpaired=true", "data.path=kto", *extra)
     code, _, run = run_cli(tmp_path, args)
     assert code == 0
     metrics = run.data.metrics
