@@ -78,7 +78,7 @@ def score_options(model: Any, rows: list[dict], pad_id: int, chunk: int = 16) ->
 
 def gold_option(record: dict) -> str:
     """The record's gold option: its `answer` field, else its response."""
-    return str(record.get("answer", record["response"])).strip()
+    return str(record["answer"] if "answer" in record else record["response"]).strip()
 
 
 class OptionScoring(L.Callback):

@@ -1,11 +1,12 @@
 """Precompute the reference's log-probabilities once, before training, then free the reference.
 
-With `task.precompute_reference=true` (paired losses: DPO, IPO), every pair of every split is
+With `task.precompute_reference=true` (DPO, IPO, KTO), every row of every split is
 scored by the reference once, at the start of fit (also of a resumed fit: the reference never
-trains, so the numbers are the same); the columns `ref_chosen` and `ref_rejected` then travel in
-the batches and the task uses them instead of a reference forward pass. A frozen reference copy
-(full fine-tuning) or the frozen SFT adapter is released afterwards; with a new PEFT adapter the
-reference is the base itself, so only its forward passes are saved.
+trains, so the numbers are the same); the columns `ref_chosen` and `ref_rejected` (a batch's
+first and second half: chosen and rejected, or KTO's completion and its mismatched one) then
+travel in the batches and the task uses them instead of a reference forward pass. A frozen
+reference copy (full fine-tuning) or the frozen SFT adapter is released afterwards; with a new
+PEFT adapter the reference is the base itself, so only its forward passes are saved.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Each pair is encoded twice with the instruction-tuning prompt (`tunelab.base.prompting`):
 prompt + chosen and prompt + rejected, labels -100 on the prompt. A batch stacks the chosen rows
 over the rejected ones ([chosen; rejected]) so that the policy sees both in one forward pass.
-Unpaired (KTO) batches stack the completions over mismatched ones (each prompt with the next
-row's completion), which estimate KTO's KL term, and carry `desirable`.
+Unpaired (KTO) batches stack the completions over mismatched ones (each prompt with the previous
+row's completion, fixed when the split is encoded), which estimate KTO's KL term, and carry
+`desirable`.
 """
 
 from __future__ import annotations
@@ -40,8 +41,16 @@ def collate_pairs(features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]
     """[chosen; rejected] rows, right-padded to one width (`prompting.collate`)."""
     chosen = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
     rejected = [{"input_ids": f["rejected_ids"], "labels": f["rejected_labels"]} for f in features]
-    batch = prompting.collate(chosen + rejected, pad_id)
-    if "ref_chosen" in features[0]:  # precomputed by callbacks.reference_logps
+    return with_reference(prompting.collate(chosen + rejected, pad_id), features)
+
+
+def with_reference(batch: dict[str, Any], features: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add the precomputed reference log-probabilities (callbacks.reference_logps), if any.
+
+    `ref_chosen` scores each row's first-half sequence (chosen, or KTO's completion) and
+    `ref_rejected` its second-half one (rejected, or KTO's mismatched completion).
+    """
+    if "ref_chosen" in features[0]:
         import torch
 
         scores = [f["ref_chosen"] for f in features] + [f["ref_rejected"] for f in features]
@@ -54,23 +63,29 @@ def prompt_length(labels: list[int]) -> int:
     return next(i for i, t in enumerate(labels) if t != prompting.IGNORE)
 
 
-def collate_unpaired(features: list[dict[str, Any]], pad_id: int, max_length: int) -> dict:
-    """[completions; each prompt with the previous row's completion], and `desirable`."""
+def mismatch(rows: list[dict[str, Any]], max_length: int) -> list[dict[str, Any]]:
+    """KTO's KL rows, fixed once per split: each prompt with the previous row's completion.
+
+    Fixed when the split is encoded (as TRL builds its KL dataset), not drawn per batch, so that
+    the reference log-probabilities of these rows can be precomputed like the others'.
+    """
+    for i, row in enumerate(rows):
+        prompt = prompt_length(row["labels"])
+        other = rows[i - 1]
+        completion = other["input_ids"][prompt_length(other["labels"]) :]
+        completion = completion[: max(max_length - prompt, 1)]
+        row["kl_ids"] = row["input_ids"][:prompt] + completion
+        row["kl_labels"] = [prompting.IGNORE] * prompt + completion
+    return rows
+
+
+def collate_unpaired(features: list[dict[str, Any]], pad_id: int) -> dict:
+    """[completions; their mismatched completions (`mismatch`)], and `desirable`."""
     import torch
 
     rows = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
-    for i, feature in enumerate(features):
-        prompt = prompt_length(feature["labels"])
-        other = features[i - 1]
-        completion = other["input_ids"][prompt_length(other["labels"]) :]
-        completion = completion[: max(max_length - prompt, 1)]
-        rows.append(
-            {
-                "input_ids": feature["input_ids"][:prompt] + completion,
-                "labels": [-100] * prompt + completion,
-            }
-        )
-    batch = prompting.collate(rows, pad_id)
+    rows += [{"input_ids": f["kl_ids"], "labels": f["kl_labels"]} for f in features]
+    batch = with_reference(prompting.collate(rows, pad_id), features)
     batch["desirable"] = torch.tensor([bool(f["desirable"]) for f in features])
     return batch
 
@@ -136,7 +151,7 @@ class PreferenceDataModule(InstructionDataModule):
                     f"{where(record)} (the {split} split): {err}. Fix: raise model.max_length "
                     "or shorten the prompt"
                 ) from err
-        return encoded
+        return mismatch(encoded, self.max_length) if self.data.unpaired else encoded
 
     def view_for_audit(self) -> Any:
         """What would train (before any `data.drop_*`), as rows for `python audit.py`."""
@@ -160,11 +175,7 @@ class PreferenceDataModule(InstructionDataModule):
         assert self.splits is not None, "call setup() first"
         size = self.data.batch_size if split == "train" else self.data.eval_batch_size
         pad = self.tokenizer.pad_token_id
-        collate = (
-            partial(collate_unpaired, pad_id=pad, max_length=self.max_length)
-            if self.data.unpaired
-            else partial(collate_pairs, pad_id=pad)
-        )
+        collate = partial(collate_unpaired if self.data.unpaired else collate_pairs, pad_id=pad)
         kwargs = {"batch_size": size, "collate_fn": collate, "num_workers": self.data.num_workers}
         rows = self.splits[split]
         if shuffle:  # an order a resumed run replays (see datamodules.resumable)

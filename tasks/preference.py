@@ -6,8 +6,9 @@ log-probabilities (labels -100, as in instruction tuning). The losses are in
 `tasks.preference_losses`. The reference, as TRL chooses it:
 
 - a PEFT adapter on a base: the same model with the adapter disabled (no second copy);
-- `reference_adapter=<export folder of an SFT adapter run>`: the policy trains a copy of that
-  adapter and the reference is the adapter itself, frozen (loaded a second time as `reference`);
+- `reference_adapter=<SFT run folder | MLflow run id | models:/name@alias>` (see
+  `tasks.preference_reference`): the policy trains a copy of that adapter and the reference is
+  the adapter itself, frozen (loaded a second time as `reference`);
 - any other method (full fine-tuning, freeze): a frozen copy of the model as it starts.
 
 The exported model generates like an instruction-tuned one (`causal_lm`'s prediction).
@@ -15,9 +16,7 @@ The exported model generates like an instruction-tuned one (`causal_lm`'s predic
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -32,19 +31,6 @@ REFERENCE = "reference"  # the name of the frozen SFT adapter beside the one tha
 MODEL_KEYS = ("input_ids", "attention_mask")
 
 
-def adapter_folder(path: str) -> Path | None:
-    """The folder holding `adapter_config.json`: `path` or its `export/` (a run folder).
-
-    A glob (`outputs/lora_mistral/*`) picks the newest match; None when nothing matches.
-    """
-    matches = sorted(glob.glob(str(Path(path).expanduser())), key=os.path.getmtime, reverse=True)
-    for match in matches:
-        for folder in (Path(match), Path(match) / "export"):
-            if (folder / "adapter_config.json").is_file():
-                return folder
-    return None
-
-
 def same_model(a: str, b: str) -> bool:
     """Whether two `name_or_path` values name one model (local folders compared resolved)."""
     return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
@@ -57,10 +43,15 @@ class Preference(CausalLM):
         loss: `dpo`, `ipo`, `orpo`, `simpo` (reference-free) or `kto` (unpaired data).
         beta: the strength of the preference (DPO's and SimPO's beta, IPO's tau, ORPO's lambda).
         gamma: SimPO's target reward margin (gamma).
-        reference_adapter: an SFT LoRA run's export folder (or run folder): the policy starts
-            as that adapter and the reference is that adapter, frozen.
+        reference_adapter: an SFT run's folder (or export folder, or a glob), its MLflow run
+            id, `runs:/<id>/model` or `models:/<name>@<alias>`: the policy starts as that
+            adapter and the reference is that adapter, frozen.
+        tracking_uri: the MLflow store a run id or `models:/` reference is looked up in.
         disable_dropout: dropout off in policy and reference (TRL's default), so that the two
             agree exactly at the start (loss ln 2, rewards 0).
+        precompute_reference: score every split with the reference once, then free it.
+        evaluate_before: log the starting model's test metrics as `test/before/*`
+            (`callbacks.before_training`), beside the trained model's `test/*`.
     """
 
     data_family: ClassVar[str] = "preference"
@@ -72,9 +63,12 @@ class Preference(CausalLM):
     beta: Annotated[float, Field(gt=0)] = 0.1
     gamma: Annotated[float, Field(ge=0)] = 0.5
     reference_adapter: str | None = None
+    tracking_uri: str | None = None
     disable_dropout: bool = True
-    precompute_reference: bool = False  # DPO/IPO: score with the reference once, then free it
+    precompute_reference: bool = False  # score with the reference once, then free it
+    evaluate_before: bool = True  # test metrics of the starting model (test/before/*)
     _frozen: Any = PrivateAttr(default=None)  # the frozen reference copy (non-PEFT methods)
+    _adapter: Any = PrivateAttr(default=None)  # the reference adapter's local folder, once found
 
     def check(self, run: dict[str, Any], problems: list[str]) -> None:
         """The data layout fits the loss; a reference adapter only with a loss that has one."""
@@ -88,10 +82,10 @@ class Preference(CausalLM):
                 f"task.loss={self.objective} needs {layout} data but "
                 f"data.unpaired={str(unpaired).lower()}; set {fix}"
             )
-        if self.precompute_reference and self.objective not in ("dpo", "ipo"):
+        if self.precompute_reference and self.objective not in REFERENCED:
             problems.append(
-                f"task.precompute_reference: only for task.loss=dpo|ipo (not {self.objective}); "
-                "set task.precompute_reference=false"
+                f"task.precompute_reference: task.loss={self.objective} uses no reference; set "
+                "task.precompute_reference=false (or task.loss=dpo|ipo|kto)"
             )
         if self.reference_adapter is not None and self.objective not in REFERENCED:
             problems.append(
@@ -100,16 +94,13 @@ class Preference(CausalLM):
             )
 
     def check_model(self, probe: ModelProbe, problems: list[str]) -> None:
-        """The reference adapter exists and was trained on this base."""
+        """The reference adapter exists (downloaded if in MLflow) and was trained on this base."""
         if self.reference_adapter is None:
             return
-        folder = adapter_folder(self.reference_adapter)
-        if folder is None:
-            problems.append(
-                f"task.reference_adapter: no PEFT adapter at '{self.reference_adapter}'; give "
-                "the folder (or export/ folder) of an SFT run with a PEFT method, e.g. "
-                "outputs/lora_mistral/<timestamp> after python run.py experiment=lora_mistral"
-            )
+        try:
+            folder = self.adapter_path()
+        except ModelLoadError as err:
+            problems.append(str(err))
             return
         info = folder / "model_info.json"
         trained_on = json.loads(info.read_text()).get("base") if info.is_file() else None
@@ -119,6 +110,27 @@ class Preference(CausalLM):
                 f"model.name_or_path='{probe.name_or_path}'; set model.name_or_path={trained_on}"
             )
 
+    def method_problem(self, method: type[MethodConfig]) -> str | None:
+        """Methods that replace the loss or reshape the model after the reference is taken."""
+        if method.loss is not MethodConfig.loss:
+            return "it brings its own training loss (its `loss` hook), which replaces task.loss"
+        if method.load_base is not MethodConfig.load_base or method.prepare is not (
+            MethodConfig.prepare
+        ):
+            return (
+                "it replaces or reshapes the model before training, so the policy would not "
+                "start as its reference"
+            )
+        return None
+
+    def adapter_path(self) -> Path:
+        """The reference adapter's local folder (found, or downloaded from MLflow, once)."""
+        from tasks.preference_reference import locate
+
+        if self._adapter is None:
+            self._adapter = locate(str(self.reference_adapter), self.tracking_uri)
+        return self._adapter
+
     def adapt(self, model: Any, method: MethodConfig) -> Any:
         """The policy; the reference is the adapter disabled, the SFT adapter, or a copy."""
         import copy
@@ -126,10 +138,7 @@ class Preference(CausalLM):
         from peft import PeftModel
 
         if self.reference_adapter is not None:
-            folder = adapter_folder(self.reference_adapter)
-            if folder is None:  # checked before loading; gone since
-                where = self.reference_adapter
-                raise ModelLoadError(f"task.reference_adapter: no adapter at '{where}'")
+            folder = self.adapter_path()
             policy = PeftModel.from_pretrained(model, folder, is_trainable=True)
             policy.load_adapter(folder, adapter_name=REFERENCE, is_trainable=False)
             policy.set_adapter("default")

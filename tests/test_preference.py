@@ -140,9 +140,11 @@ def test_unpaired_file_needs_unpaired_and_batches_carry_mismatched_rows(tiny):
     dm.setup()
     batch = next(iter(dm.val_dataloader()))
     assert batch["input_ids"].shape[0] == 8 and batch["desirable"].tolist().count(True) == 2
-    kl_row = dm.tokenizer.decode(batch["input_ids"][4][batch["labels"][4] != -100])
-    last = dm.tokenizer.decode(batch["input_ids"][3][batch["labels"][3] != -100])
-    assert kl_row == last  # the first prompt with the last row's completion
+    kl_row = dm.tokenizer.decode(batch["input_ids"][5][batch["labels"][5] != -100])
+    first = dm.tokenizer.decode(batch["input_ids"][0][batch["labels"][0] != -100])
+    assert kl_row == first  # the second prompt with the first row's completion
+    prompt = (batch["labels"] == -100) & (batch["attention_mask"] == 1)
+    assert torch.equal(batch["input_ids"][5][prompt[5]], batch["input_ids"][1][prompt[1]])
 
 
 @pytest.mark.skipif(not (SHARED / "pubmedqa").is_dir(), reason="no shared PubMedQA copy")
@@ -196,8 +198,9 @@ def test_learns_a_synthetic_preference_on_held_out_pairs(tmp_path, tiny, loss, e
 
 
 @pytest.mark.slow
-def test_kto_trains_on_unpaired_labels(tmp_path, tiny):
-    args = overrides(tiny, "task.loss=kto", "data.unpaired=true", "data.path=kto")
+@pytest.mark.parametrize("extra", [[], ["task.precompute_reference=true"]])
+def test_kto_trains_on_unpaired_labels(tmp_path, tiny, extra):
+    args = overrides(tiny, "task.loss=kto", "data.unpaired=true", "data.path=kto", *extra)
     code, _, run = run_cli(tmp_path, args)
     assert code == 0
     metrics = run.data.metrics

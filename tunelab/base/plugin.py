@@ -89,6 +89,13 @@ class TaskConfig(Plugin):
     def check_model(self, probe: ModelProbe, problems: list[str]) -> None:
         """Append problems only visible with the model at hand (checked before loading it)."""
 
+    def method_problem(self, method: type[MethodConfig]) -> str | None:
+        """Why this task cannot train with a method (its config class), or None when it can.
+
+        The config gate turns the reason into `error:` and lists the methods that fit.
+        """
+        return None
+
     def model_kwargs(self, labels: list[str] | None) -> dict[str, Any]:
         """Extra `from_pretrained` arguments (classification: the label maps)."""
         return {}

@@ -80,6 +80,13 @@ def _check_pairing(raw: dict[str, Any], plugins: dict[str, Any], problems: list[
         )
     if task is not None:
         task.check(raw, problems)
+    why = task.method_problem(type(method)) if task is not None and method is not None else None
+    if why:
+        fits = "|".join(methods_for(task))
+        problems.append(
+            f"method={method.name}: task={task.name} cannot train with it: {why}; "
+            f"pick method={fits or '<another>'}"
+        )
     model = raw.get("model") or {}
     if method is not None and model.get("quantize") and not method.quantizable:
         problems.append(
@@ -96,6 +103,17 @@ def tasks_reading(family: str) -> list[str]:
         target = OmegaConf.load(GROUP_DIRS["task"] / f"{name}.yaml").get("_target_")
         found = locate_plugin("task", target)
         if not isinstance(found, str) and found.data_family == family:
+            names.append(name)
+    return names
+
+
+def methods_for(task: Any) -> list[str]:
+    """The methods in `configs/method/` that `task` can train with."""
+    names = []
+    for name in available("method"):
+        target = OmegaConf.load(GROUP_DIRS["method"] / f"{name}.yaml").get("_target_")
+        found = locate_plugin("method", target)
+        if not isinstance(found, str) and task.method_problem(found) is None:
             names.append(name)
     return names
 
