@@ -31,12 +31,13 @@ def resolve_teacher(teacher: str, tracking_uri: str | None) -> Path:
     if teacher.startswith("mlflow:"):
         from mlflow.artifacts import download_artifacts
 
-        from tunelab.base.services import absolute_uri
+        from tunelab.base.services import absolute_uri, mlflow_artifact_uri
 
         run_id = teacher.removeprefix("mlflow:")
         uri = absolute_uri(tracking_uri) if tracking_uri else None
         try:
-            model = Path(download_artifacts(artifact_uri=f"runs:/{run_id}/model", tracking_uri=uri))
+            source = mlflow_artifact_uri(f"runs:/{run_id}/model", uri)  # in that store
+            model = Path(download_artifacts(artifact_uri=source, tracking_uri=uri))
         except Exception as err:
             raise ModelLoadError(
                 f"method.teacher={teacher}: cannot download artifact 'model' of run {run_id} "

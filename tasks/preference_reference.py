@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from tunelab.base.errors import ModelLoadError
+from tunelab.base.services import mlflow_artifact_uri
 
 MLFLOW_PREFIXES = ("runs:/", "models:/")
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")  # what MLflow's run ids look like
@@ -56,39 +57,12 @@ def inner_adapter(folder: Path) -> Path | None:
     return next((c for c in candidates if (c / ADAPTER_FILE).is_file()), None)
 
 
-def artifact_uri(source: str, tracking_uri: str | None) -> str:
-    """Where `source`'s files are, looked up in `tracking_uri`'s store and registry.
-
-    Resolved here with an `MlflowClient` of that store: MLflow resolves `models:/` names, and the
-    logged models behind `runs:/<id>/<name>` (MLflow 3 keeps them apart from the run's
-    artifacts), in the process-wide store (the current run's), whatever store is passed to it.
-    """
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    if source.startswith("models:/"):
-        spec = source.removeprefix("models:/")
-        if "@" in spec:
-            name, alias = spec.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias).version
-        else:
-            name, _, version = spec.partition("/")
-        return client.get_model_version_download_uri(name, version)
-    run_id, _, name = source.removeprefix("runs:/").partition("/")
-    run = client.get_run(run_id)
-    name = name.strip("/") or "model"
-    query = f"source_run_id = '{run_id}' AND name = '{name}'"
-    for model in client.search_logged_models([run.info.experiment_id], filter_string=query):
-        return model.artifact_location
-    return f"{run.info.artifact_uri.rstrip('/')}/{name}"  # an artifact of the run itself
-
-
 def download(source: str, tracking_uri: str | None) -> Path:
     """The adapter folder of an MLflow run id, `runs:/` or `models:/` URI, downloaded."""
     from mlflow.artifacts import download_artifacts
 
     try:
-        uri = artifact_uri(source, tracking_uri)
+        uri = mlflow_artifact_uri(source, tracking_uri)
         local = download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
     except Exception as err:  # MlflowException, OSError: not in this store
         raise ModelLoadError(

@@ -92,7 +92,7 @@ def with_callback(monkeypatch: pytest.MonkeyPatch, callback: L.Callback) -> None
 # ----------------------------------------------------------------------------- disk full
 # id, step after which the disk is full (None: after testing), what no longer fits
 DISK_FULL = [
-    ("checkpoint", 4, "resume.ckpt does not fit in"),
+    ("checkpoint", 4, "resume.ckpt.staged does not fit in"),  # a step's state, staged
     ("export", None, "the run's outputs (export, config, metrics) does not fit in"),
 ]
 
