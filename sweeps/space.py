@@ -33,7 +33,15 @@ SWAPPABLE_GROUPS = ("method", "data", "model", "optim", "trainer", "logger", "ex
 
 
 class IntDistribution(Strict):
-    """Integers in [low, high] on a `step` grid (optionally log-spaced)."""
+    """Integers in [low, high] on a `step` grid (optionally log-spaced).
+
+    Attributes:
+        type: `int`.
+        low: the smallest value.
+        high: the largest value.
+        step: the grid's spacing.
+        log: sample on a log scale (needs low >= 1 and step 1).
+    """
 
     type: Literal["int"]
     low: int
@@ -51,7 +59,15 @@ class IntDistribution(Strict):
 
 
 class FloatDistribution(Strict):
-    """Floats in [low, high]; `log: true` samples the exponent uniformly."""
+    """Floats in [low, high]; `log: true` samples the exponent uniformly.
+
+    Attributes:
+        type: `float`.
+        low: the smallest value.
+        high: the largest value.
+        step: a grid's spacing (null: continuous).
+        log: sample the exponent uniformly (needs low > 0 and no step).
+    """
 
     type: Literal["float"]
     low: float
@@ -69,7 +85,12 @@ class FloatDistribution(Strict):
 
 
 class CategoricalDistribution(Strict):
-    """One of a list of values (or, for a config group key, of the group's options)."""
+    """One of a list of values (or, for a config group key, of the group's options).
+
+    Attributes:
+        type: `categorical`.
+        choices: the values (for a group such as `method`: its options' names).
+    """
 
     type: Literal["categorical"]
     choices: list[bool | int | float | str | None] = Field(min_length=1)
@@ -81,7 +102,26 @@ Distribution = Annotated[
 
 
 class SweepConfig(Strict):
-    """The `sweep` group: what to search, how to sample and prune, where the study lives."""
+    """The `sweep` group: what to search, how to sample and prune, where the study lives.
+
+    Attributes:
+        n_trials: the study's total of finished trials (over all workers; resuming counts).
+        timeout: stop starting trials after this many seconds.
+        study_name: the Optuna study (default: the run's name); rerunning resumes it.
+        storage: Optuna's storage (`sqlite:///optuna.db`, `postgresql://...`).
+        sampler: `tpe` (seeded) or `random`.
+        n_startup_trials: random trials before TPE models the space.
+        seed: the sampler's seed (null: unseeded).
+        pruner: stops unpromising trials at a validation.
+        pruner_startup_trials: median pruner: trials completed before it prunes.
+        n_warmup_steps: median pruner: reports (validations) before it judges a trial.
+        min_resource: successive halving and Hyperband: the first rung (validations).
+        reduction_factor: successive halving and Hyperband: the share (1/n) promoted per rung.
+        metric: the validation metric optimised (never a test metric).
+        direction: whether `metric` is maximised or minimised.
+        enqueue: trials to run first, as `{path: value}` dicts.
+        params: the search space: config path -> distribution.
+    """
 
     n_trials: PositiveInt = 20
     timeout: Annotated[float, Field(gt=0)] | None = None
