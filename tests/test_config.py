@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import run as cli
+from tunelab.base.data_root import CANDIDATES, data_root
 from tunelab.base.errors import ConfigError
 from tunelab.config.compose import GROUP_DIRS, REPO_ROOT, available
 from tunelab.config.validate import load_config
@@ -51,6 +53,16 @@ def test_data_root_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TUNELAB_DATA_DIR", "/srv/domain-data")
     _, run = load_config(["experiment=quickstart"])
     assert run.data.root == "/srv/domain-data"
+
+
+def test_without_the_variable_the_data_root_is_found_beside_the_repository(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.delenv("TUNELAB_DATA_DIR", raising=False)
+    _, run = load_config(["experiment=quickstart"])
+    assert run.data.root == data_root()
+    expected = next((p for p in CANDIDATES if p.is_dir()), CANDIDATES[0])
+    assert Path(run.data.root) == expected
 
 
 def problems_of(args: list[str]) -> list[str]:
@@ -160,6 +172,12 @@ def test_help_and_validation_import_nothing_heavy():
     ).stdout
     assert "quickstart" in out and "lora_minilm_banking77" in out
     assert out.strip().endswith("HEAVY []")
+
+
+def test_help_shows_each_description_whole():
+    text = " ".join(cli.describe().split())  # wrapped lines joined again
+    assert "(the answer to the question asked over another answer on the same focus)" in text
+    assert "label-smoothed. Chosen on validation among 15 candidates, tested once" in text
 
 
 def _args_for(group: str, option: str) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tunelab.base.data_root import data_root
 from tunelab.base.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +59,8 @@ def register_resolvers() -> None:
     """Register tunelab's OmegaConf resolvers (idempotent)."""
     if not OmegaConf.has_resolver("package_dir"):
         OmegaConf.register_new_resolver("package_dir", _package_dir)
+    if not OmegaConf.has_resolver("data_root"):
+        OmegaConf.register_new_resolver("data_root", data_root)
 
 
 _REGISTERED: dict[Path, int] = {}  # file -> mtime when it went into Hydra's ConfigStore
