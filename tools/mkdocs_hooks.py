@@ -1,9 +1,10 @@
-"""MkDocs hook: publish the benchmark plots and screenshots under `assets/results/`.
+"""MkDocs hook: publish the benchmark pictures and the notebook without copying them.
 
-The pictures stay where the scripts that regenerate them write them (`benchmarks/results/`);
-pages refer to them as `assets/results/<name>.png` (relative to `docs/`), and this hook adds
-each one to the site's files, so no copy lives in `docs/` and a missing picture fails
-`mkdocs build --strict` like a missing page.
+The pictures stay where the scripts that regenerate them write them (`benchmarks/results/`),
+the notebook in `notebooks/`; pages refer to them as `assets/results/<name>.png` and
+`assets/notebooks/<name>.ipynb` (relative to `docs/`), and this hook adds each one to the site's
+files, so no copy lives in `docs/` and a missing one fails `mkdocs build --strict` like a
+missing page.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from typing import Any
 
 from mkdocs.structure.files import File, Files
 
-RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+ROOT = Path(__file__).resolve().parent.parent
+PUBLISHED = {"assets/results": ROOT / "benchmarks" / "results", "assets/notebooks": ROOT / "notebooks"}
+PATTERNS = ("*.png", "*.ipynb")
 
 
 def on_files(files: Files, config: Any) -> Files:
-    """Add every picture of `benchmarks/results/` to the site under `assets/results/`."""
-    for picture in sorted(RESULTS.glob("*.png")):
-        uri = f"assets/results/{picture.name}"
-        files.append(File.generated(config, uri, abs_src_path=str(picture)))
+    """Add the pictures and notebooks to the site under `assets/`."""
+    for prefix, folder in PUBLISHED.items():
+        for pattern in PATTERNS:
+            for path in sorted(folder.glob(pattern)):
+                uri = f"{prefix}/{path.name}"
+                files.append(File.generated(config, uri, abs_src_path=str(path)))
     return files
