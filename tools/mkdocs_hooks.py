@@ -15,7 +15,10 @@ from typing import Any
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parent.parent
-PUBLISHED = {"assets/results": ROOT / "benchmarks" / "results", "assets/notebooks": ROOT / "notebooks"}
+PUBLISHED = {
+    "assets/results": ROOT / "benchmarks" / "results",
+    "assets/notebooks": ROOT / "notebooks",
+}
 PATTERNS = ("*.png", "*.ipynb")
 
 
