@@ -33,21 +33,13 @@ SWAPPABLE_GROUPS = ("method", "data", "model", "optim", "trainer", "logger", "ex
 
 
 class IntDistribution(Strict):
-    """Integers in [low, high] on a `step` grid (optionally log-spaced).
+    """Integers in [low, high] on a `step` grid (optionally log-spaced)."""
 
-    Attributes:
-        type: `int`.
-        low: the smallest value.
-        high: the largest value.
-        step: the grid's spacing.
-        log: sample on a log scale (needs low >= 1 and step 1).
-    """
-
-    type: Literal["int"]
-    low: int
-    high: int
-    step: PositiveInt = 1
-    log: bool = False
+    type: Literal["int"]  # `int`
+    low: int  # the smallest value
+    high: int  # the largest value
+    step: PositiveInt = 1  # the grid's spacing
+    log: bool = False  # sample on a log scale (needs low >= 1 and step 1)
 
     @model_validator(mode="after")
     def _bounds(self) -> IntDistribution:
@@ -59,21 +51,13 @@ class IntDistribution(Strict):
 
 
 class FloatDistribution(Strict):
-    """Floats in [low, high]; `log: true` samples the exponent uniformly.
+    """Floats in [low, high]; `log: true` samples the exponent uniformly."""
 
-    Attributes:
-        type: `float`.
-        low: the smallest value.
-        high: the largest value.
-        step: a grid's spacing (null: continuous).
-        log: sample the exponent uniformly (needs low > 0 and no step).
-    """
-
-    type: Literal["float"]
-    low: float
-    high: float
-    step: Annotated[float, Field(gt=0)] | None = None
-    log: bool = False
+    type: Literal["float"]  # `float`
+    low: float  # the smallest value
+    high: float  # the largest value
+    step: Annotated[float, Field(gt=0)] | None = None  # a grid's spacing (null: continuous)
+    log: bool = False  # sample the exponent uniformly (needs low > 0 and no step)
 
     @model_validator(mode="after")
     def _bounds(self) -> FloatDistribution:
@@ -85,14 +69,10 @@ class FloatDistribution(Strict):
 
 
 class CategoricalDistribution(Strict):
-    """One of a list of values (or, for a config group key, of the group's options).
+    """One of a list of values (or, for a config group key, of the group's options)."""
 
-    Attributes:
-        type: `categorical`.
-        choices: the values (for a group such as `method`: its options' names).
-    """
-
-    type: Literal["categorical"]
+    type: Literal["categorical"]  # `categorical`
+    # the values (for a group such as `method`: its options' names)
     choices: list[bool | int | float | str | None] = Field(min_length=1)
 
 
@@ -102,45 +82,38 @@ Distribution = Annotated[
 
 
 class SweepConfig(Strict):
-    """The `sweep` group: what to search, how to sample and prune, where the study lives.
+    """The `sweep` group: what to search, how to sample and prune, where the study lives."""
 
-    Attributes:
-        n_trials: the study's total of finished trials (over all workers; resuming counts).
-        timeout: stop starting trials after this many seconds.
-        study_name: the Optuna study (default: the run's name); rerunning resumes it.
-        storage: Optuna's storage (`sqlite:///optuna.db`, `postgresql://...`).
-        sampler: `tpe` (seeded) or `random`.
-        n_startup_trials: random trials before TPE models the space.
-        seed: the sampler's seed (null: unseeded).
-        pruner: stops unpromising trials at a validation.
-        pruner_startup_trials: median pruner: trials completed before it prunes.
-        n_warmup_steps: median pruner: reports (validations) before it judges a trial.
-        min_resource: successive halving and Hyperband: the first rung (validations).
-        reduction_factor: successive halving and Hyperband: the share (1/n) promoted per rung.
-        metric: the validation metric optimised (never a test metric).
-        direction: whether `metric` is maximised or minimised.
-        enqueue: trials to run first, as `{path: value}` dicts.
-        params: the search space: config path -> distribution.
-    """
-
+    # the study's total of finished trials (over all workers; resuming counts)
     n_trials: PositiveInt = 20
+    # stop starting trials after this many seconds
     timeout: Annotated[float, Field(gt=0)] | None = None
+    # the Optuna study (default: the run's name); rerunning resumes it
     study_name: str | None = None
+    # Optuna's storage (`sqlite:///optuna.db`, `postgresql://...`)
     storage: str = "sqlite:///optuna.db"
     heartbeat_interval: PositiveInt = 60  # s between a running trial's heartbeats
     grace_period: PositiveInt = 180  # s without one before another worker fails and reruns it
-    sampler: Literal["tpe", "random"] = "tpe"
-    n_startup_trials: Annotated[int, Field(ge=0)] = 5
-    seed: Annotated[int, Field(ge=0)] | None = 42
+    sampler: Literal["tpe", "random"] = "tpe"  # `tpe` (seeded) or `random`
+    n_startup_trials: Annotated[int, Field(ge=0)] = 5  # random trials before TPE models the space
+    seed: Annotated[int, Field(ge=0)] | None = 42  # the sampler's seed (null: unseeded)
+    # stops unpromising trials at a validation
     pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"
+    # median pruner: trials completed before it prunes
     pruner_startup_trials: Annotated[int, Field(ge=0)] = 2
+    # median pruner: reports (validations) before it judges a trial
     n_warmup_steps: Annotated[int, Field(ge=0)] = 0
-    min_resource: PositiveInt = 1
+    min_resource: PositiveInt = 1  # successive halving and Hyperband: the first rung (validations)
+    # successive halving and Hyperband: the share (1/n) promoted per rung
     reduction_factor: Annotated[int, Field(ge=2)] = 3
+    # the validation metric optimised (never a test metric)
     metric: str = Field(default="val/acc", pattern=r"^val/")
+    # whether `metric` is maximised or minimised
     direction: Literal["maximize", "minimize"] = "maximize"
+    # trials to run first, as `{path: value}` dicts
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
     best_experiment_dir: str | None = None  # None: <output_root>/<name>/<study>/<study>_best.yaml
+    # the search space: config path -> distribution
     params: dict[str, Distribution] = Field(min_length=1)
 
 

@@ -221,3 +221,17 @@ def test_every_config_group_option_composes_and_validates(group: str, option: st
             pytest.skip("; ".join(err.problems))
         raise
     assert cfg[group] is not None and run.name
+
+
+def test_a_missing_tiny_model_fails_fast_naming_how_to_build_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from tunelab.config.preflight import preflight
+
+    monkeypatch.chdir(tmp_path)  # no tiny_models/ here
+    _, run = load_config(["experiment=lora_tiny_mistral"])
+    problems: list[str] = []
+    assert preflight(run, problems) is None
+    [problem] = problems
+    assert "local folder 'tiny_models/mistral' does not exist" in problem
+    assert "python -m tools.tiny_models --arch mistral --out tiny_models/mistral" in problem
