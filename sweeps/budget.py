@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from tunelab.run import resume
@@ -23,7 +23,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trials that use up the budget."""
-    retried = {RetryFailedTrialCallback.retried_trial_number(t) for t in trials}
+    retried = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
     return [
         t
         for t in trials
@@ -59,7 +59,7 @@ def earlier_attempt(trial: optuna.Trial, folder: Path) -> tuple[Previous | None,
     mine = trials[trial.number]
     number = mine.user_attrs.get("rerun_of")
     if number is None:
-        number = RetryFailedTrialCallback.retried_trial_number(mine)
+        number = RetryHeartbeatStaleTrialCallback.retried_trial_number(mine)
     if number is None:
         return None, None
     old_dir = folder / f"trial_{number}"

@@ -235,3 +235,19 @@ def test_a_missing_tiny_model_fails_fast_naming_how_to_build_it(
     [problem] = problems
     assert "local folder 'tiny_models/mistral' does not exist" in problem
     assert "python -m tools.tiny_models --arch mistral --out tiny_models/mistral" in problem
+
+
+@pytest.mark.parametrize(
+    ("args", "experiment"),
+    [
+        ([], "tunelab"),  # the recipe's own data
+        (["data=banking77"], "tunelab"),
+        (["data=text_classification", "data.path=/srv/my tickets.csv"], "my_tickets"),
+        (["data=clinc150"], "clinc150"),
+        (["data=text_classification", "data.path=t.csv", "logger.experiment_name=mine"], "mine"),
+    ],
+)
+def test_a_run_on_other_data_is_filed_under_that_data(args: list[str], experiment: str):
+    _, run = load_config(["experiment=quickstart", *args])
+    assert run.logger.experiment_name == experiment
+    assert run.name == "quickstart"  # the recipe: its folder and resume key
