@@ -19,9 +19,10 @@ import socket
 
 import optuna
 from mlflow import MlflowClient
-from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.budget import retried_from
 from tunelab.run.resume import process_alive
 from tunelab.tracking.store import absolute_uri
 
@@ -55,7 +56,7 @@ def kill_child_run(tracking_uri: str, trial: FrozenTrial, reason: str) -> bool:
 def close_dead_trial(trial: optuna.Trial, tracking_uri: str) -> int | None:
     """When `trial` reruns a dead worker's trial, end that trial's child run; its number."""
     trials = trial.study.get_trials(deepcopy=False)  # numbered 0..n-1 in storage order
-    number = RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[trial.number])
+    number = retried_from(trials[trial.number])
     if number is None:
         return None
     reason = f"worker lost (no heartbeat); rerun as trial {trial.number}"

@@ -20,8 +20,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
+
+from sweeps.budget import retry_callback
 
 log = logging.getLogger(__name__)
 RETRY_FOR = 300.0  # s of retries before a storage call gives up (a restart takes seconds)
@@ -111,7 +113,7 @@ class DeadTrial:
 
     def __init__(self, tracking_uri: str):
         self.tracking_uri = tracking_uri
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+        self.retry = retry_callback()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Queue the rerun, then close the trial's child run (best effort: MLflow may be down)."""
