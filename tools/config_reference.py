@@ -195,7 +195,7 @@ def plugin_sections(group: str) -> list[str]:
         out += [f"Class `{values['_target_']}`: {class_intro(cls)}", ""]
         if sets:
             out += [f"`configs/{group}/{path.name}` sets: " + ", ".join(sorted(sets)) + ".", ""]
-        out += [*field_table(cls, sets), ""]
+        out += [*field_table(cls, values), ""]
     return out
 
 
@@ -221,7 +221,9 @@ def render() -> str:
         "validate them (the only place a default lives). Override any of them on the command "
         "line as `group.field=value` (`method.r=16`, `trainer.max_epochs=2`); pick a group's "
         "option with `group=option` (`method=lora`). In the plug-in groups each option's "
-        "defaults are its class's, with the values its YAML sets in their place.",
+        "defaults are its class's, with the values its YAML sets in their place. A default "
+        "`${data_root:}` is the data root: `TUNELAB_DATA_DIR` when set, else `data/` in the "
+        "repository, else `../shared/data` beside it.",
         "",
     ]
     groups = {heading.split(" ")[0]: heading for heading, _, _ in FIXED}
