@@ -195,7 +195,9 @@ def plugin_sections(group: str) -> list[str]:
         out += [f"Class `{values['_target_']}`: {class_intro(cls)}", ""]
         if sets:
             out += [f"`configs/{group}/{path.name}` sets: " + ", ".join(sorted(sets)) + ".", ""]
-        out += [*field_table(cls, values), ""]
+        section = f"{group}-{path.stem}"  # included by docs/methods/*.md (pymdownx.snippets)
+        out += [f"<!-- --8<-- [start:{section}] -->", *field_table(cls, values)]
+        out += [f"<!-- --8<-- [end:{section}] -->", ""]
     return out
 
 
