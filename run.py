@@ -23,18 +23,25 @@ Examples:
       trainer.max_epochs=2 seed=1
   python run.py experiment=lora_minilm_banking77 sweep=lora_rank_lr sweep.n_trials=20
 
-Environment: TUNELAB_DATA_DIR (data root holding banking77/, clinc150/, ...),
+Environment: TUNELAB_DATA_DIR (data root holding banking77/, clinc150/, ...; default: data/
+             in this repository, else ../shared/data beside it),
              MLFLOW_TRACKING_URI (default: sqlite:///mlflow.db in this folder)."""
 
 
 def _first_comment(path: os.PathLike) -> str:
-    """The description line of a YAML file: its first comment that is not the run command."""
+    """The description of a YAML file: its leading comment block, less the run command line.
+
+    A description may go on over several comment lines; all of them are kept (never cut).
+    """
+    lines = []
     with open(path) as handle:
         for line in handle:
+            if not line.startswith("#"):
+                break
             text = line.lstrip("# ").strip()
-            if line.startswith("#") and text and not text.startswith("python run.py"):
-                return text
-    return ""
+            if text and not text.startswith("python run.py"):
+                lines.append(text)
+    return " ".join(lines)
 
 
 def describe(width: int = 100) -> str:

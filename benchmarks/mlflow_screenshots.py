@@ -162,7 +162,8 @@ def screenshots(store: Path, out: Path) -> list[Path]:
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    [experiment] = [e for e in client.search_experiments() if e.name == "tunelab"]
+    # runs on a dataset other than their recipe's are filed under it: `intents/`
+    [experiment] = [e for e in client.search_experiments() if e.name == "intents"]
     server, ui = start_ui(store)
     out.mkdir(parents=True, exist_ok=True)
     saved = []

@@ -53,6 +53,12 @@ class ClassificationData(AuditedData):
 
     Subclasses implement `load(seed) -> (DatasetDict, label names or None)` whose splits
     `train`, `validation` and `test` have the columns `text` and `label`.
+
+    Attributes:
+        max_train_samples: train on the first n training rows only (null: all).
+        batch_size: training rows per batch (per process).
+        num_workers: DataLoader worker processes.
+        group_by_length: batch rows of similar length together, batches in shuffled order.
     """
 
     family: ClassVar[str] = "classification"
@@ -85,6 +91,19 @@ class InstructionData(AuditedData):
     in the source, for error messages: an int is a 0-based row of the source file (of train when
     the split was carved from it), a string a locator such as `PMID 123`. An optional `answer`
     is the record's gold option when the data has a closed answer set (`answer_options`).
+
+    Attributes:
+        template: the prompt format: `chat` (the tokenizer's chat template), `plain`
+            (`### Instruction:` ... `### Response:`), `auto` (chat when the tokenizer has one).
+        system_prompt: a system message put before every prompt (chat templates).
+        packing: pack examples into full rows (attention and loss never cross examples).
+        group_by_length: batch examples of similar length together, in shuffled order.
+        skip_long_prompts: drop training examples whose prompt leaves no room for a response
+            under `model.max_length` instead of stopping with an error.
+        max_train_samples: train on the first n training examples only (null: all).
+        batch_size: training examples per batch (per process).
+        eval_batch_size: examples per validation and test batch.
+        num_workers: DataLoader worker processes.
     """
 
     family: ClassVar[str] = "instruction"
@@ -128,6 +147,16 @@ class PreferenceData(AuditedData):
     instruction, plus its input, rendered as in instruction tuning), or, for unpaired data
     (KTO), `{"instruction", "input", "completion", "label", "row"}` with a boolean `label`
     (desirable or not). With `unpaired=true` pairs become two labelled completions each.
+
+    Attributes:
+        template: the prompt format: `chat` (the tokenizer's chat template), `plain`
+            (`### Instruction:` ... `### Response:`), `auto` (chat when the tokenizer has one).
+        system_prompt: a system message put before every prompt (chat templates).
+        group_by_length: batch pairs of similar length together, in shuffled order.
+        max_train_samples: train on the first n training examples only (null: all).
+        batch_size: training examples per batch (per process).
+        eval_batch_size: examples per validation and test batch.
+        num_workers: DataLoader worker processes.
     """
 
     family: ClassVar[str] = "preference"

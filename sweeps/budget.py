@@ -8,11 +8,12 @@ again, so an interrupted sweep ends with as many finished trials as a sweep neve
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from tunelab.run import resume
@@ -21,9 +22,27 @@ from tunelab.run.resume import Previous
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+def retried_from(trial: FrozenTrial) -> int | None:
+    """The number of the trial `trial` reruns, if any (Optuna's heartbeat retry bookkeeping).
+
+    Optuna marks the API experimental; tunelab relies on it knowingly, so its notice is not
+    passed on to the user (only inside this call).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+def retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    """Optuna's callback that queues a dead worker's trial again, once (experimental, as above)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+
 def counted(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trials that use up the budget."""
-    retried = {RetryFailedTrialCallback.retried_trial_number(t) for t in trials}
+    retried = {retried_from(t) for t in trials}
     return [
         t
         for t in trials
@@ -59,7 +78,7 @@ def earlier_attempt(trial: optuna.Trial, folder: Path) -> tuple[Previous | None,
     mine = trials[trial.number]
     number = mine.user_attrs.get("rerun_of")
     if number is None:
-        number = RetryFailedTrialCallback.retried_trial_number(mine)
+        number = retried_from(mine)
     if number is None:
         return None, None
     old_dir = folder / f"trial_{number}"

@@ -35,11 +35,11 @@ SWAPPABLE_GROUPS = ("method", "data", "model", "optim", "trainer", "logger", "ex
 class IntDistribution(Strict):
     """Integers in [low, high] on a `step` grid (optionally log-spaced)."""
 
-    type: Literal["int"]
-    low: int
-    high: int
-    step: PositiveInt = 1
-    log: bool = False
+    type: Literal["int"]  # `int`
+    low: int  # the smallest value
+    high: int  # the largest value
+    step: PositiveInt = 1  # the grid's spacing
+    log: bool = False  # sample on a log scale (needs low >= 1 and step 1)
 
     @model_validator(mode="after")
     def _bounds(self) -> IntDistribution:
@@ -53,11 +53,11 @@ class IntDistribution(Strict):
 class FloatDistribution(Strict):
     """Floats in [low, high]; `log: true` samples the exponent uniformly."""
 
-    type: Literal["float"]
-    low: float
-    high: float
-    step: Annotated[float, Field(gt=0)] | None = None
-    log: bool = False
+    type: Literal["float"]  # `float`
+    low: float  # the smallest value
+    high: float  # the largest value
+    step: Annotated[float, Field(gt=0)] | None = None  # a grid's spacing (null: continuous)
+    log: bool = False  # sample the exponent uniformly (needs low > 0 and no step)
 
     @model_validator(mode="after")
     def _bounds(self) -> FloatDistribution:
@@ -71,7 +71,8 @@ class FloatDistribution(Strict):
 class CategoricalDistribution(Strict):
     """One of a list of values (or, for a config group key, of the group's options)."""
 
-    type: Literal["categorical"]
+    type: Literal["categorical"]  # `categorical`
+    # the values (for a group such as `method`: its options' names)
     choices: list[bool | int | float | str | None] = Field(min_length=1)
 
 
@@ -83,24 +84,36 @@ Distribution = Annotated[
 class SweepConfig(Strict):
     """The `sweep` group: what to search, how to sample and prune, where the study lives."""
 
+    # the study's total of finished trials (over all workers; resuming counts)
     n_trials: PositiveInt = 20
+    # stop starting trials after this many seconds
     timeout: Annotated[float, Field(gt=0)] | None = None
+    # the Optuna study (default: the run's name); rerunning resumes it
     study_name: str | None = None
+    # Optuna's storage (`sqlite:///optuna.db`, `postgresql://...`)
     storage: str = "sqlite:///optuna.db"
     heartbeat_interval: PositiveInt = 60  # s between a running trial's heartbeats
     grace_period: PositiveInt = 180  # s without one before another worker fails and reruns it
-    sampler: Literal["tpe", "random"] = "tpe"
-    n_startup_trials: Annotated[int, Field(ge=0)] = 5
-    seed: Annotated[int, Field(ge=0)] | None = 42
+    sampler: Literal["tpe", "random"] = "tpe"  # `tpe` (seeded) or `random`
+    n_startup_trials: Annotated[int, Field(ge=0)] = 5  # random trials before TPE models the space
+    seed: Annotated[int, Field(ge=0)] | None = 42  # the sampler's seed (null: unseeded)
+    # stops unpromising trials at a validation
     pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"
+    # median pruner: trials completed before it prunes
     pruner_startup_trials: Annotated[int, Field(ge=0)] = 2
+    # median pruner: reports (validations) before it judges a trial
     n_warmup_steps: Annotated[int, Field(ge=0)] = 0
-    min_resource: PositiveInt = 1
+    min_resource: PositiveInt = 1  # successive halving and Hyperband: the first rung (validations)
+    # successive halving and Hyperband: the share (1/n) promoted per rung
     reduction_factor: Annotated[int, Field(ge=2)] = 3
+    # the validation metric optimised (never a test metric)
     metric: str = Field(default="val/acc", pattern=r"^val/")
+    # whether `metric` is maximised or minimised
     direction: Literal["maximize", "minimize"] = "maximize"
+    # trials to run first, as `{path: value}` dicts
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
     best_experiment_dir: str | None = None  # None: <output_root>/<name>/<study>/<study>_best.yaml
+    # the search space: config path -> distribution
     params: dict[str, Distribution] = Field(min_length=1)
 
 

@@ -1,12 +1,13 @@
 """A trial whose worker died: Optuna fails it by heartbeat and reruns it; MLflow learns it too.
 
 A worker killed mid-trial (SIGKILL, a lost machine) stops sending heartbeats; after
-`sweep.grace_period` the next worker to start a trial marks it FAIL and `RetryFailedTrialCallback`
-enqueues its parameters again as a new trial (`sweeps.storage.DeadTrial`), and the dead
-trial's MLflow child run (left RUNNING by its worker) ends KILLED with the reason; a rerun that
-continues the dead attempt from its checkpoint marks that run RUNNING again and finishes it.
-A worker on the same machine does not wait for the heartbeat: it fails at once the RUNNING
-trials of workers of this host whose process is gone (`fail_dead_local_trials`).
+`sweep.grace_period` the next worker to start a trial marks it FAIL and
+`RetryHeartbeatStaleTrialCallback` enqueues its parameters again as a new trial
+(`sweeps.storage.DeadTrial`), and the dead trial's MLflow child run (left RUNNING by its worker)
+ends KILLED with the reason; a rerun that continues the dead attempt from its checkpoint marks
+that run RUNNING again and finishes it. A worker on the same machine does not wait for the
+heartbeat: it fails at once the RUNNING trials of workers of this host whose process is gone
+(`fail_dead_local_trials`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import socket
 
 import optuna
 from mlflow import MlflowClient
-from optuna.storages import BaseStorage, RetryFailedTrialCallback
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.budget import retried_from
 from tunelab.run.resume import process_alive
 from tunelab.tracking.store import absolute_uri
 
@@ -54,7 +56,7 @@ def kill_child_run(tracking_uri: str, trial: FrozenTrial, reason: str) -> bool:
 def close_dead_trial(trial: optuna.Trial, tracking_uri: str) -> int | None:
     """When `trial` reruns a dead worker's trial, end that trial's child run; its number."""
     trials = trial.study.get_trials(deepcopy=False)  # numbered 0..n-1 in storage order
-    number = RetryFailedTrialCallback.retried_trial_number(trials[trial.number])
+    number = retried_from(trials[trial.number])
     if number is None:
         return None
     reason = f"worker lost (no heartbeat); rerun as trial {trial.number}"

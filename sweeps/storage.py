@@ -8,7 +8,7 @@ for up to `RETRY_FOR` seconds, so trials, reports and heartbeats carry on once t
 back. Other errors (bad data, integrity) are raised at once.
 
 A trial whose worker died is failed by the heartbeat (`sweep.grace_period`); `DeadTrial` then
-queues its rerun (Optuna's `RetryFailedTrialCallback`) and ends its MLflow child run KILLED.
+queues its rerun (Optuna's `RetryHeartbeatStaleTrialCallback`) and ends its MLflow child run KILLED.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
+
+from sweeps.budget import retry_callback
 
 log = logging.getLogger(__name__)
 RETRY_FOR = 300.0  # s of retries before a storage call gives up (a restart takes seconds)
@@ -111,7 +113,7 @@ class DeadTrial:
 
     def __init__(self, tracking_uri: str):
         self.tracking_uri = tracking_uri
-        self.retry = RetryFailedTrialCallback(max_retry=1)
+        self.retry = retry_callback()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Queue the rerun, then close the trial's child run (best effort: MLflow may be down)."""
@@ -141,7 +143,7 @@ def make_storage(
             engine_kwargs=engine,
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
-            failed_trial_callback=DeadTrial(tracking_uri),
+            heartbeat_stale_trial_callback=DeadTrial(tracking_uri),
         ),
         "opening the storage",
     )

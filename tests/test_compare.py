@@ -93,3 +93,28 @@ def test_tune_lr_trains_each_method_at_its_best_validation_lr(tiny_bert, intent_
         ]
         study = optuna.load_study(study_name=summary.study_name, storage="sqlite:///optuna.db")
         assert row["lr"] == pytest.approx(study.best_params["optim.lr"])
+
+
+def test_the_table_flags_a_method_run_at_another_methods_learning_rate(tmp_path):
+    from tunelab.run import compare_report
+    from tunelab.run.compare import lr_source, parse_args
+
+    plan = parse_args(["experiment=quickstart", "methods=[full,lora]"])
+    assert lr_source(plan, "lora") == "recipe"  # the quickstart recipe is LoRA's
+    assert lr_source(plan, "full") == "recipe (lora's)"
+    assert lr_source(parse_args([*plan.shared, "methods=[full,lora]", "tune_lr=true"]), "full") == (
+        "tuned"
+    )
+    assert lr_source(
+        parse_args([*plan.shared, "methods=[full,lora]", "optim.lr=1e-4"]), "full"
+    ) == ("given")
+    rows = [
+        {"method": m, "lr": 5e-3, "lr_from": lr_source(plan, m), "score": s, "error": ""}
+        for m, s in (("full", 0.013), ("lora", 0.73))
+    ]
+    compare_report.write(rows, "test/acc", plan, tmp_path)
+    text = (tmp_path / "compare.md").read_text()
+    assert "| full | 0.005 | recipe (lora's) |" in text
+    assert "full ran at the recipe's learning rate, which was set for lora" in text
+    assert "tune_lr=true" in text
+    assert read_table(tmp_path / "compare.csv")[0]["lr_from"] == "recipe (lora's)"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import run as cli
+from tunelab.base.data_root import CANDIDATES, data_root
 from tunelab.base.errors import ConfigError
 from tunelab.config.compose import GROUP_DIRS, REPO_ROOT, available
 from tunelab.config.validate import load_config
@@ -51,6 +53,16 @@ def test_data_root_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TUNELAB_DATA_DIR", "/srv/domain-data")
     _, run = load_config(["experiment=quickstart"])
     assert run.data.root == "/srv/domain-data"
+
+
+def test_without_the_variable_the_data_root_is_found_beside_the_repository(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.delenv("TUNELAB_DATA_DIR", raising=False)
+    _, run = load_config(["experiment=quickstart"])
+    assert run.data.root == data_root()
+    expected = next((p for p in CANDIDATES if p.is_dir()), CANDIDATES[0])
+    assert Path(run.data.root) == expected
 
 
 def problems_of(args: list[str]) -> list[str]:
@@ -162,6 +174,12 @@ def test_help_and_validation_import_nothing_heavy():
     assert out.strip().endswith("HEAVY []")
 
 
+def test_help_shows_each_description_whole():
+    text = " ".join(cli.describe().split())  # wrapped lines joined again
+    assert "(the answer to the question asked over another answer on the same focus)" in text
+    assert "label-smoothed. Chosen on validation among 15 candidates, tested once" in text
+
+
 def _args_for(group: str, option: str) -> list[str]:
     """A command line selecting `group=option` on the root defaults, with what it requires."""
     from omegaconf import OmegaConf
@@ -203,3 +221,33 @@ def test_every_config_group_option_composes_and_validates(group: str, option: st
             pytest.skip("; ".join(err.problems))
         raise
     assert cfg[group] is not None and run.name
+
+
+def test_a_missing_tiny_model_fails_fast_naming_how_to_build_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from tunelab.config.preflight import preflight
+
+    monkeypatch.chdir(tmp_path)  # no tiny_models/ here
+    _, run = load_config(["experiment=lora_tiny_mistral"])
+    problems: list[str] = []
+    assert preflight(run, problems) is None
+    [problem] = problems
+    assert "local folder 'tiny_models/mistral' does not exist" in problem
+    assert "python -m tools.tiny_models --arch mistral --out tiny_models/mistral" in problem
+
+
+@pytest.mark.parametrize(
+    ("args", "experiment"),
+    [
+        ([], "tunelab"),  # the recipe's own data
+        (["data=banking77"], "tunelab"),
+        (["data=text_classification", "data.path=/srv/my tickets.csv"], "my_tickets"),
+        (["data=clinc150"], "clinc150"),
+        (["data=text_classification", "data.path=t.csv", "logger.experiment_name=mine"], "mine"),
+    ],
+)
+def test_a_run_on_other_data_is_filed_under_that_data(args: list[str], experiment: str):
+    _, run = load_config(["experiment=quickstart", *args])
+    assert run.logger.experiment_name == experiment
+    assert run.name == "quickstart"  # the recipe: its folder and resume key

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +14,12 @@ from omegaconf import OmegaConf
 from pydantic import ValidationError
 
 from datamodules.clinc150 import DOMAINS, Clinc150
+from tunelab.base.data_root import data_root
 from tunelab.base.plugin import DataConfig
+from tunelab.config.compose import register_resolvers
 
 REPO = Path(__file__).resolve().parent.parent
-DATA_ROOT = Path(os.environ.get("TUNELAB_DATA_DIR", "data"))
+DATA_ROOT = Path(data_root())
 LOADERS = [
     "banking77",
     "clinc150",
@@ -31,11 +32,11 @@ LOADERS = [
 ]
 needs_clinc = pytest.mark.skipif(
     not (DATA_ROOT / "clinc150" / "data_full.json").exists(),
-    reason="no CLINC150 copy under $TUNELAB_DATA_DIR",
+    reason=f"no CLINC150 copy under {DATA_ROOT}",
 )
 needs_banking77 = pytest.mark.skipif(
     not (DATA_ROOT / "banking77" / "train.csv").exists(),
-    reason="no BANKING77 copy under $TUNELAB_DATA_DIR",
+    reason=f"no BANKING77 copy under {DATA_ROOT}",
 )
 
 
@@ -48,6 +49,7 @@ def _class(target: str) -> type[DataConfig]:
 
 def _config(name: str, **values) -> DataConfig:
     """The validated config of `configs/data/<name>.yaml` (+ values), as validation builds it."""
+    register_resolvers()  # `${data_root:}`
     group = OmegaConf.load(REPO / "configs" / "data" / f"{name}.yaml")
     raw = {**OmegaConf.to_container(group, resolve=True), **values}
     return _class(raw["_target_"]).model_validate(raw)

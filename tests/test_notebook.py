@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from conftest import INTENTS, REPO, write_intents
 
+from tunelab.base.data_root import data_root
+
 NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
 
 
 def banking77_root(tmp_path: Path) -> Path:
-    """The data root: the real BANKING77 under TUNELAB_DATA_DIR, else a small copy in its format."""
-    real = Path(os.environ.get("TUNELAB_DATA_DIR", "/nonexistent"))
+    """The data root: the real BANKING77 under the data root, else a small copy in its format."""
+    real = Path(data_root())
     if (real / "banking77" / "categories.json").exists():
         return real
     folder = write_intents(tmp_path / "data" / "banking77", rows_per_class=120)

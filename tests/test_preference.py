@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,11 @@ from mlflow import MlflowClient
 import run as cli
 from datamodules.preference import PreferenceDataModule
 from datamodules.preference_file import PreferenceFile
+from tunelab.base.data_root import data_root
 from tunelab.base.errors import DataError
 
 GOOD, BAD = "Stay well.", "Good luck."  # chosen responses always end with GOOD
-SHARED = Path(os.environ.get("TUNELAB_DATA_DIR", "/work/shared/data"))
+SHARED = Path(data_root())
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -26,7 +26,7 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, intent_d
         args = ["experiment=quickstart", *tiny_overrides(tiny_bert, intent_data), "optim.lr=5e-3"]
         assert cli.main(args) == 0
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    [experiment] = [e for e in client.search_experiments() if e.name == "tunelab"]
+    [experiment] = [e for e in client.search_experiments() if e.name == "intents"]
     [run] = client.search_runs([experiment.experiment_id])
     [run_dir] = (folder / "outputs" / "quickstart").iterdir()
     return client, run, run_dir

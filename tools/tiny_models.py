@@ -13,9 +13,10 @@ chat template, so `AutoTokenizer` / `AutoModelForCausalLM.from_pretrained(folder
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from tunelab.base.data_root import data_root
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 # Mistral-style: `<s>[INST] question [/INST] answer</s>`; the system message (if any) is
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--arch", choices=ARCHS, default="mistral")
     parser.add_argument("--out", default=None, help="folder (default: tiny_models/<arch>)")
     parser.add_argument("--data", choices=("medquad", "pubmedqa"), default="medquad")
-    parser.add_argument("--root", default=os.environ.get("TUNELAB_DATA_DIR", "data"))
+    parser.add_argument("--root", default=data_root())
     parser.add_argument("--vocab-size", type=int, default=2000)
     args = parser.parse_args(argv)
     out = args.out or f"tiny_models/{args.arch}"

@@ -18,7 +18,12 @@ from tunelab.base.schema import CallbackConfig, ModelConfig, Strict
 
 
 class Plugin(Strict):
-    """A config group whose `_target_` names its own config class."""
+    """A config group whose `_target_` names its own config class.
+
+    Attributes:
+        _target_: the config class (a dotted path inside the group's package).
+        name: the option's name, as logged and shown in run names.
+    """
 
     target: str = Field(alias="_target_", pattern=r"^[A-Za-z_][\w.]*$")
     name: str = Field(pattern=r"^[\w.\-]+$")
@@ -68,6 +73,9 @@ class TaskConfig(Plugin):
     Class attributes say what the task is; fields are settings a run may override; hooks are
     the task's code. The run, the LightningModule, serving and `predict.py` ask the task instead
     of comparing task names.
+
+    Attributes:
+        mode: whether a larger (`max`) or smaller (`min`) `monitor` value is better.
     """
 
     auto_model: ClassVar[str] = ""  # the transformers Auto class that loads the base model

@@ -65,7 +65,21 @@ class Strict(BaseModel):
 
 # ----------------------------------------------------------------------------- the rest
 class ModelConfig(Strict):
-    """The pretrained base model, and how it is loaded."""
+    """The pretrained base model, and how it is loaded.
+
+    Attributes:
+        name_or_path: a Hugging Face Hub id or a local folder with `config.json`, weights and
+            tokenizer files.
+        max_length: tokens kept per example; longer texts are cut (decoders: prompt + response).
+        dtype: the dtype the weights are loaded in.
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant) to
+            save memory.
+        quantize: load the base through bitsandbytes in 4-bit (`nf4`, `fp4`) or 8-bit (`int8`)
+            for QLoRA; methods that train the base weights refuse it.
+        double_quant: also quantise the 4-bit quantisation constants (QLoRA's double
+            quantisation).
+        compute_dtype: the dtype 4-bit layers compute in.
+    """
 
     name_or_path: str
     max_length: PositiveInt = 128
@@ -81,7 +95,15 @@ class ModelConfig(Strict):
 
 
 class OptimConfig(Strict):
-    """AdamW and its learning-rate schedule."""
+    """AdamW and its learning-rate schedule.
+
+    Attributes:
+        lr: the peak learning rate.
+        weight_decay: AdamW's decoupled weight decay.
+        warmup_ratio: share of the optimiser steps the learning rate warms up over.
+        scheduler: the decay after warm-up.
+        betas: AdamW's moment coefficients.
+    """
 
     lr: Annotated[float, Field(gt=0, lt=1)]
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
@@ -98,7 +120,29 @@ CUDA_ACCELERATORS = ("gpu", "cuda")
 
 
 class TrainerConfig(Strict):
-    """The subset of `lightning.Trainer` arguments tunelab exposes."""
+    """The subset of `lightning.Trainer` arguments tunelab exposes.
+
+    Attributes:
+        accelerator: where training runs (`auto` takes a CUDA GPU when torch sees one).
+        strategy: Lightning's strategy; several processes: `ddp`, `fsdp`, `deepspeed_*`.
+        devices: devices (processes) per node, or `auto` for all.
+        num_nodes: machines; the global batch is batch_size x devices x num_nodes x
+            accumulate_grad_batches.
+        max_epochs: epochs to train (-1: no limit).
+        max_steps: optimiser steps to train (-1: no limit; the first limit reached stops).
+        accumulate_grad_batches: batches whose gradients add up to one optimiser step.
+        gradient_clip_val: largest gradient norm (null: no clipping).
+        check_val_every_n_epoch: validate every n epochs.
+        log_every_n_steps: steps between logged training metrics.
+        num_sanity_val_steps: validation batches run before training (-1: all, 0: none).
+        limit_train_batches: training batches per epoch: an int counts batches, a float is a
+            share of the split.
+        limit_val_batches: validation batches (int: batches, float: share; 0 skips validation).
+        limit_test_batches: test batches (int: batches, float: share; 0 leaves test unread).
+        fast_dev_run: run 1 (or n) batches of each stage, as a smoke test.
+        deterministic: ask torch for deterministic algorithms.
+        enable_progress_bar: show Lightning's progress bar.
+    """
 
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
     strategy: Strategy = "auto"
@@ -129,7 +173,13 @@ class TrainerConfig(Strict):
 
 
 class LoggerConfig(Strict):
-    """MLflow tracking settings."""
+    """MLflow tracking settings.
+
+    Attributes:
+        tracking_uri: the MLflow store (`MLFLOW_TRACKING_URI` wins when set).
+        experiment_name: the MLflow experiment runs are filed under.
+        log_model: log the export as an MLflow Model `model` (a pyfunc).
+    """
 
     tracking_uri: str
     experiment_name: str = "tunelab"
@@ -138,14 +188,24 @@ class LoggerConfig(Strict):
 
 
 class ExportConfig(Strict):
-    """What is written after the test stage."""
+    """What is written after the test stage.
+
+    Attributes:
+        save_model: write the model (or adapter) in Hugging Face format to `export/`.
+        merge: also write an adapter merged into its base (`merged_model/`).
+    """
 
     save_model: bool = True
     merge: bool = False
 
 
 class CallbackConfig(Strict):
-    """One extra Lightning callback: `_target_` (inside this project) plus its arguments."""
+    """One extra Lightning callback: `_target_` (inside this project) plus its arguments.
+
+    Attributes:
+        _target_: the callback class, a dotted path inside `callbacks/`; the other keys are
+            its constructor's arguments.
+    """
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -153,7 +213,22 @@ class CallbackConfig(Strict):
 
 
 class RunConfig(Strict):
-    """The whole composed config of one run; `task`, `method` and `data` are validated plug-ins."""
+    """The whole composed config of one run; `task`, `method` and `data` are validated plug-ins.
+
+    Attributes:
+        name: the run's name: its folder under `output_root` and resume key.
+        seed: seeds weights, data order and splits.
+        output_root: the folder run folders are created in.
+        method: the fine-tuning method (`method=...`, see that group).
+        data: the dataset (`data=...`, see that group).
+        model: the base model.
+        optim: the optimiser.
+        trainer: the Lightning Trainer settings.
+        logger: MLflow tracking.
+        export: what is written after testing.
+        task: what the model predicts (`task=...`, see that group).
+        sweep: an Optuna sweep instead of one run (`sweep=...`, see `sweep`).
+    """
 
     name: str = Field(pattern=r"^[\w.\-]+$")
     seed: Annotated[int, Field(ge=0)] = 42

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import re
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tunelab.base.data_root import data_root
 from tunelab.base.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +60,8 @@ def register_resolvers() -> None:
     """Register tunelab's OmegaConf resolvers (idempotent)."""
     if not OmegaConf.has_resolver("package_dir"):
         OmegaConf.register_new_resolver("package_dir", _package_dir)
+    if not OmegaConf.has_resolver("data_root"):
+        OmegaConf.register_new_resolver("data_root", data_root)
 
 
 _REGISTERED: dict[Path, int] = {}  # file -> mtime when it went into Hydra's ConfigStore
@@ -151,6 +155,37 @@ def fill_defaults(cfg: DictConfig) -> None:
             cfg[group] = OmegaConf.merge(head, group_defaults(group, node), node)
 
 
+def _recipe_data(recipe: str) -> str | None:
+    """The `data` option a recipe selects (its `override /data: X`), else the root default's."""
+    for source in (GROUP_DIRS["experiment"] / f"{recipe}.yaml", CONFIG_DIR / "config.yaml"):
+        if not source.exists():
+            continue
+        for entry in OmegaConf.to_container(OmegaConf.load(source)).get("defaults") or []:
+            if isinstance(entry, dict) and {"override /data", "data"} & entry.keys():
+                return str(entry.get("override /data", entry.get("data")))
+    return None
+
+
+def file_runs_under_their_data(cfg: DictConfig, args: list[str]) -> None:
+    """File a run on data other than its recipe's in an MLflow experiment named after the data.
+
+    `experiment=quickstart data=text_classification data.path=tickets.csv` is filed in the
+    experiment `tickets`, apart from the recipe's own BANKING77 runs (in `tunelab`); a
+    `logger.experiment_name=` on the command line wins.
+    """
+    given = {arg.split("=", 1)[0].lstrip("+~") for arg in args if "=" in arg}
+    chosen = dict(arg.split("=", 1) for arg in args if arg.startswith(("experiment=", "data=")))
+    recipe, logger = chosen.get("experiment"), cfg.get("logger")
+    if recipe is None or "logger.experiment_name" in given or not isinstance(logger, DictConfig):
+        return
+    own = _recipe_data(recipe)
+    if chosen.get("data", own) == own and "data.path" not in given:
+        return
+    path = OmegaConf.select(cfg, "data.path", default=None, throw_on_missing=False)
+    label = Path(str(path)).stem if path else str(OmegaConf.select(cfg, "data.name"))
+    logger.experiment_name = re.sub(r"[^\w.\-]+", "_", label).strip("_.-") or "data"
+
+
 def compose(args: list[str], problems: list[str] | None = None) -> DictConfig:
     """Compose the run config from CLI-style overrides such as `method.r=16`.
 
@@ -180,6 +215,8 @@ def compose(args: list[str], problems: list[str] | None = None) -> DictConfig:
     OmegaConf.set_struct(cfg, False)
     fill_defaults(cfg)
     _apply_values(cfg, values, problems)
+    if not problems:
+        file_runs_under_their_data(cfg, args)
     if problems and not collect:
         raise ConfigError(problems)
     return cfg

@@ -7,10 +7,14 @@ target modules that match nothing, layer counts out of range, a missing teacher.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
 from tunelab.base.errors import ConfigError
 from tunelab.base.plugin import ModelProbe, TaskConfig
 from tunelab.base.schema import RunConfig
-from tunelab.config.compose import nearest
+from tunelab.config.compose import GROUP_DIRS, available, nearest
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
 
@@ -38,6 +42,34 @@ def probe_model(name_or_path: str, task: TaskConfig) -> ModelProbe:
     )
 
 
+def made_how(path: str) -> str | None:
+    """What the model option naming `path` says about it: its YAML comment (how to build it)."""
+    for option in available("model"):
+        yaml = GROUP_DIRS["model"] / f"{option}.yaml"
+        if str(OmegaConf.load(yaml).get("name_or_path")) == path:
+            lines = yaml.read_text().splitlines()
+            comment = [line.lstrip("# ").strip() for line in lines if line.startswith("#")]
+            return f"model={option}: {' '.join(comment)}" if comment else None
+    return None
+
+
+def missing_local_model(path: str) -> str | None:
+    """The problem when `path` is a model option's own local folder (built, never on the hub).
+
+    Such a path (`tiny_models/mistral`) also reads as a hub id; without this check loading would
+    retry the hub for a minute and then suggest a hub id instead of the command that builds it.
+    """
+    if Path(path).expanduser().exists():
+        return None
+    how = made_how(path)
+    if how is None:
+        return None
+    return (
+        f"model.name_or_path: local folder '{path}' does not exist; "
+        f"it is built, not downloaded ({how})"
+    )
+
+
 def preflight(run: RunConfig, problems: list[str] | None = None) -> ModelProbe | None:
     """Run every architecture-dependent check.
 
@@ -50,6 +82,12 @@ def preflight(run: RunConfig, problems: list[str] | None = None) -> ModelProbe |
     """
     collect = problems is not None
     problems = problems if collect else []
+    missing = missing_local_model(run.model.name_or_path)
+    if missing:
+        problems.append(missing)
+        if not collect:
+            raise ConfigError(problems)
+        return None
     try:
         probe = probe_model(run.model.name_or_path, run.task)
     except (OSError, ValueError, KeyError):  # unreachable hub id or unknown type: loading says

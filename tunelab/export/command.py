@@ -38,7 +38,11 @@ class ExportArgs(BaseModel):
         min_agreement: least share of rows with equal labels or generations (see `Tolerance`).
         max_difference: largest probability difference allowed.
         llama_cpp: llama.cpp's source (checkout or llama-cpp-python sdist) for `format=gguf`.
+        batch_size: rows per batch in the check.
+        tracking_uri: where `runs:/` and `models:/` sources are looked up.
+        log_model: log the export as an MLflow Model of the source run.
         register_as: register the logged model under this name (`alias` points at it).
+        alias: the registry alias set on that version.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -93,6 +93,20 @@ def method_args(plan: Plan, method: str) -> list[str]:
     return [*plan.shared, f"method={method}", *dropped]
 
 
+def lr_source(plan: Plan, method: str) -> str:
+    """Where a method's learning rate comes from: `tuned`, `given` (`optim.lr=`), `recipe`.
+
+    `recipe (<m>'s)` marks a method run at the rate its recipe set for another method `m`, which
+    can leave it far from its best (full fine-tuning at LoRA's rate scores near chance).
+    """
+    if plan.tune_lr:
+        return "tuned"
+    if any(arg.startswith("optim.lr=") for arg in plan.shared):
+        return "given"
+    own = recipe_method(OmegaConf.load(GROUP_DIRS["experiment"] / f"{plan.recipe}.yaml"))
+    return "recipe" if own == method else f"recipe ({own}'s)"
+
+
 def load_all(plan: Plan) -> dict[str, tuple[Any, Any]]:
     """Compose and validate every method's config first, so a typo fails before any training."""
     from tunelab.config.validate import load_config
@@ -135,6 +149,7 @@ def run_method(plan: Plan, method: str, config: tuple, parent_id: str) -> dict[s
 
     _, run = config
     row: dict[str, Any] = {"method": method, "lr": run.optim.lr, "error": ""}
+    row["lr_from"] = lr_source(plan, method)
     try:
         if plan.tune_lr:
             lr = tuned_lr(plan, method, parent_id)

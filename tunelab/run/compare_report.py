@@ -12,13 +12,14 @@ from typing import Any
 
 from tunelab.tracking.parent import ParentRun
 
-COLUMNS = ["method", "lr", "score", "trainable_params", "total_params", "trainable_pct"]
+COLUMNS = ["method", "lr", "lr_from", "score", "trainable_params", "total_params", "trainable_pct"]
 COLUMNS += ["peak_memory_mb", "train_samples_per_s", "wall_time_s", "run_id", "error"]
-TEXT_COLUMNS = ("method", "run_id", "error", "memory_kind")
+TEXT_COLUMNS = ("method", "lr_from", "run_id", "error", "memory_kind")
 # (row key, Markdown header, format) of the comparison table
 TABLE = [
     ("method", "method", "{}"),
     ("lr", "lr", "{:g}"),
+    ("lr_from", "lr from", "{}"),
     ("score", "{metric}", "{:.4f}"),
     ("trainable_params", "trainable params", "{:,.0f}"),
     ("trainable_pct", "% trainable", "{:.2f}"),
@@ -79,6 +80,22 @@ def plot_scores(rows: list[dict], path: Path, key: str, ylabel: str, title: str)
     plt.close(figure)
 
 
+def borrowed_lr_note(rows: list[dict[str, Any]]) -> list[str]:
+    """A note naming the methods that ran at a learning rate set for another method."""
+    borrowed = [r for r in rows if str(r.get("lr_from", "")).startswith("recipe (")]
+    if not borrowed:
+        return []
+    names = ", ".join(r["method"] for r in borrowed)
+    owner = borrowed[0]["lr_from"].removeprefix("recipe (").removesuffix("'s)")
+    return [
+        "",
+        f"Note: {names} ran at the recipe's learning rate, which was set for {owner}, not for "
+        "them; a low score there may be that rate, not the method. Rerun with `tune_lr=true` "
+        "to give each method its own (a short learning-rate sweep on validation first), or "
+        "set `optim.lr=` yourself.",
+    ]
+
+
 def write(rows: list[dict[str, Any]], metric: str, plan: Any, folder: Path) -> list[Path]:
     """Write `compare.csv`, `compare.md` and `score_vs_params.png` into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,6 +120,7 @@ def write(rows: list[dict[str, Any]], metric: str, plan: Any, folder: Path) -> l
         *markdown_table(rows, columns),
     ]
     lines += [f"- {r['method']} failed: {r['error']}" for r in rows if r["error"]]
+    lines += borrowed_lr_note(rows)
     paths[1].write_text("\n".join(lines) + "\n")
     title = f"{plan.recipe} · {', '.join(plan.methods)}"
     plot_scores([r for r in rows if not r["error"]], paths[2], "score", metric, title)

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +100,34 @@ def _has_torchao() -> bool:
         return False
 
 
+@contextmanager
+def base_without_its_head_quietly() -> Iterator[None]:
+    """Load an adapter's base without transformers' report on the head it initialises.
+
+    An adapter export of a classifier holds the trained head; its base is loaded first with a
+    new, random head (transformers logs a `LOAD REPORT ... classifier.weight | MISSING ... newly
+    initialized` warning and a progress bar) that the adapter replaces at once. Only this load's
+    transformers messages below errors are dropped (verbosity and progress bar are restored
+    after it), and peft's use of transformers' deprecated `is_gradient_checkpointing` is not
+    reported to the user.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # "Loading weights" of a base about to be completed
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning
+            )
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(folder: Path, info: dict[str, Any]) -> Any:
     """The trained model in eval mode, rebuilt from an export folder (see the module doc).
 
@@ -127,8 +158,9 @@ def load_model(folder: Path, info: dict[str, Any]) -> Any:
 
             overrides = info.get("base_config_overrides", {})  # the base as it was trained
             labels = task.model_kwargs(info["labels"])
-            base = auto.from_pretrained(info["base"], **overrides, **labels)
-            model = PeftModel.from_pretrained(base, folder)
+            with base_without_its_head_quietly():
+                base = auto.from_pretrained(info["base"], **overrides, **labels)
+                model = PeftModel.from_pretrained(base, folder)
         elif model is None:
             model = auto.from_pretrained(folder)
     except (OSError, ValueError) as err:
