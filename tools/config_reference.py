@@ -44,7 +44,7 @@ FIXED = (
     ("sweep int", "sweeps.space.IntDistribution", "a `{type: int}` entry of `params`"),
     ("sweep float", "sweeps.space.FloatDistribution", "a `{type: float}` entry of `params`"),
     ("sweep categorical", "sweeps.space.CategoricalDistribution", "a `{type: categorical}` entry"),
-    ("audit", "tunelab.audit.config.AuditConfig", "`audit.py`'s `audit.*` arguments"),
+    ("audit", "tunelab.base.audit.config.AuditConfig", "`audit.py`'s `audit.*` arguments"),
     ("export.py", "tunelab.export.command.ExportArgs", "`export.py`'s arguments"),
 )
 BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}

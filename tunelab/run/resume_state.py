@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from typing_extensions import override
 
-from tunelab.base.errors import notice
+from tunelab.base.errors import TunelabError, notice
 from tunelab.base.signals import Interrupted, requested
 from tunelab.run.checkpoint import damage
 
@@ -83,7 +83,7 @@ class ResumeCheckpoint(Checkpoint):
         self.folder = Path(trainer.strategy.broadcast(str(self.folder), src=0))
         chosen = trainer.strategy.broadcast(self.resume_from, src=0)
         if not trainer.strategy.reduce_boolean_decision(chosen == self.resume_from, all=True):
-            raise RuntimeError(
+            raise TunelabError(
                 f"the processes disagree on the checkpoint to resume from (rank 0: {chosen}, "
                 f"rank {trainer.global_rank}: {self.resume_from}); start them again with "
                 "resume=<run folder> so that all continue the same run"
