@@ -263,3 +263,20 @@ def test_dpo_under_ddp_on_two_cpu_processes_matches_one_process(tmp_path, tiny):
     assert found["one"]["train/loss"][0] == pytest.approx(math.log(2), abs=1e-5)
     for key, values in found["one"].items():
         assert found["two"][key] == pytest.approx(values, abs=LOSS_TOLERANCE), key
+
+
+# ----------------------------------------------------------------------------- quantised base
+@pytest.mark.slow
+def test_dpo_on_an_nf4_base_starts_at_ln2_and_trains_its_adapter(tmp_path, tiny):
+    """QLoRA-style DPO: the base in 4-bit (bitsandbytes' CPU backend), the LoRA adapter trains,
+    and the reference is the same quantised model with the adapter disabled."""
+    from test_preference import history, run_cli
+
+    args = overrides(tiny, "model.quantize=nf4", "model.dtype=float32", "trainer.max_epochs=2")
+    code, client, run = run_cli(tmp_path, args)
+    assert code == 0
+    losses = history(client, run, "train/loss")
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-4)  # policy = reference at step 0
+    margins = history(client, run, "train/rewards/margins")
+    assert any(m != 0.0 for m in margins[1:])  # the adapter moved the policy off the reference
+    assert run.data.params.get("model.quantize") == "nf4"
