@@ -11,13 +11,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from tunelab.base.plugin import Labels, TaskConfig
+from tunelab.base.plugin import Labels, ModelProbe, TaskConfig
 
 
 class SequenceClassification(TaskConfig):
     """Text in, one of the dataset's labels out."""
 
-    auto_model: ClassVar[str] = "transformers.AutoModelForSequenceClassification"
+    # AutoModelForSequenceClassification that honours `classifier_pooling` (cls or mean)
+    auto_model: ClassVar[str] = "tunelab.base.pooling.AutoModelForPooledClassification"
     peft_task_type: ClassVar[str] = "SEQ_CLS"
     data_family: ClassVar[str] = "classification"
     trains_head: ClassVar[bool] = True
@@ -29,15 +30,29 @@ class SequenceClassification(TaskConfig):
     # the training loss against (1 - s) one-hot + s uniform targets (Szegedy et al. 2016; HF
     # Trainer's label_smoothing_factor); validation and test losses stay unsmoothed
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    # what the classifier reads: `cls`, the first token's vector (BERT: through its pooler), or
+    # `mean`, the attention-masked mean of the last hidden states, how sentence encoders such as
+    # all-MiniLM-L6-v2 were trained (tunelab.base.pooling; saved in the model's config.json)
+    pooling: Literal["cls", "mean"] = "cls"
+
+    def check_model(self, probe: ModelProbe, problems: list[str]) -> None:
+        """Mean pooling needs a classifier head named `classifier` (the BERT family)."""
+        heads = [n for n in probe.linear_names if n.split(".")[0] == "classifier"]
+        if self.pooling == "mean" and not heads:
+            problems.append(
+                f"task.pooling=mean: {probe.name_or_path} ({probe.model_type}) has no "
+                "`classifier` head to feed the mean of its tokens; use task.pooling=cls"
+            )
 
     def model_kwargs(self, labels: list[str] | None) -> dict[str, Any]:
-        """The label maps of the classification head."""
+        """The label maps of the classification head, and its pooling when not the default."""
         names = list(labels or [])
-        return {
+        found = {
             "num_labels": len(names),
             "id2label": dict(enumerate(names)),
             "label2id": {name: i for i, name in enumerate(names)},
         }
+        return found | ({"classifier_pooling": "mean"} if self.pooling == "mean" else {})
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> Any:
         """Cross-entropy, label-smoothed when `label_smoothing` is set."""
