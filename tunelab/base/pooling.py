@@ -47,7 +47,7 @@ class MeanPooling:
         if getattr(encoder, "pooler", None) is not None:  # BERT's CLS pooler: unused now
             encoder.pooler = None
 
-    def forward(  # noqa: D417 - the arguments of the wrapped class's forward
+    def forward(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
