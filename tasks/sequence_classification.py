@@ -85,8 +85,15 @@ class SequenceClassification(TaskConfig):
         return outputs.logits.argmax(dim=-1), batch["labels"]
 
     def predict(self, predictor: Any, rows: list[dict[str, Any]], options: dict) -> list[dict]:
-        """The most probable label and its probability per row."""
+        """The most probable label and its probability per row.
+
+        An export with an out-of-scope detector beside it (`out_of_scope.json`, written by
+        `callbacks.out_of_scope`) answers its label (`oos`) where the detector fires; the
+        probability stays the classifier's top one.
+        """
         import torch
+
+        from tunelab.base.pooling import classifier_inputs
 
         texts = [str(row["text"]) for row in rows]
         batch = predictor.tokenizer(
@@ -96,13 +103,19 @@ class SequenceClassification(TaskConfig):
             padding=True,
             return_tensors="pt",
         )
-        with torch.no_grad():
-            probs = torch.softmax(predictor.model(**batch).logits.float(), dim=-1)
+        detector = _detector(predictor)
+        with torch.no_grad(), classifier_inputs(predictor.model, detector) as features:
+            logits = predictor.model(**batch).logits.float()
+        probs = torch.softmax(logits, dim=-1)
         best, index = probs.max(dim=-1)
         labels = predictor.info["labels"]
+        names = [labels[i] if labels else str(i) for i in index.tolist()]
+        if detector is not None:
+            flags = detector.flags(logits, features[0] if features else None).tolist()
+            names = [detector.label if flag else n for n, flag in zip(names, flags, strict=True)]
         return [
-            {"label": labels[i] if labels else str(i), "probability": float(p)}
-            for p, i in zip(best.tolist(), index.tolist(), strict=True)
+            {"label": name, "probability": float(p)}
+            for name, p in zip(names, best.tolist(), strict=True)
         ]
 
     def signature(self) -> Any:
@@ -118,3 +131,13 @@ class SequenceClassification(TaskConfig):
         ids = datamodule.splits["test"][:n]["input_ids"]
         texts = datamodule.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return [{"text": text} for text in texts]
+
+
+def _detector(predictor: Any) -> Any:
+    """The out-of-scope detector saved beside the predictor's export (read once), or None."""
+    if not hasattr(predictor, "out_of_scope"):
+        from tunelab.base.outofscope import read_detector
+
+        folder = getattr(predictor, "folder", None)
+        predictor.out_of_scope = read_detector(folder) if folder else None
+    return predictor.out_of_scope

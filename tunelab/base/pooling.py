@@ -131,14 +131,20 @@ def pooling_of(model: Any) -> str:
 
 
 @contextmanager
-def classifier_inputs(model: Any) -> Iterator[list[torch.Tensor]]:
+def classifier_inputs(model: Any, wanted: Any = True) -> Iterator[list[torch.Tensor]]:
     """Collect the vectors the classification head reads, one tensor per forward pass.
 
     The features of the out-of-scope detectors (Podolskiy et al. 2021 read BERT's pooled
     vector): the pooled vector of a BERT-style head, the first token's for a sequence head.
+    Nothing is collected when `wanted` is falsy or the model has no such head (ONNX).
     """
-    head = next(m for n, m in model.named_modules() if n.split(".")[-1] in ("classifier", "score"))
     found: list[torch.Tensor] = []
+    named = getattr(model, "named_modules", None)
+    heads = [m for n, m in named() if n.split(".")[-1] in ("classifier", "score")] if named else []
+    if not wanted or not heads:
+        yield found
+        return
+    head = heads[0]
 
     def keep(module: Any, args: tuple) -> None:
         vector = args[0]
