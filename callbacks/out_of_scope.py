@@ -67,7 +67,7 @@ class OutOfScopeDetection(L.Callback):
                 [
                     f"callbacks: OutOfScopeDetection detector={detector!r}; use auto, msp, "
                     "energy or mahalanobis"
-                ]  # fmt: skip
+                ]
             )
         self.detector = detector
 

@@ -30,7 +30,9 @@ def test_mahalanobis_distance_is_the_nearest_class_under_the_shared_covariance()
     means, precision = outofscope.fit_gaussian(features, labels, oos_index=2)
     assert torch.allclose(means[1] - means[0], torch.full((3,), 5.0), atol=0.5)
     x = torch.tensor([[0.0, 0.0, 0.0], [5.0, 5.0, 5.0], [0.0, 0.0, 3.0]])
-    expected = [float((r - m) @ precision @ (r - m)) for r, m in zip(x, means[[0, 1, 0]])]
+    expected = [
+        float((r - m) @ precision @ (r - m)) for r, m in zip(x, means[[0, 1, 0]], strict=True)
+    ]
     assert outofscope.mahalanobis(x, means, precision).tolist() == pytest.approx(expected)
     assert expected[2] > 20 * max(expected[:2])  # far along the narrow axis: far out of scope
 
