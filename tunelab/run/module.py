@@ -204,9 +204,16 @@ class FineTuneModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         from transformers import get_scheduler
 
+        from tunelab.run.layer_decay import decayed_groups
+
         optim = self.optim_cfg
+        groups = (
+            decayed_groups(self.model, optim.weight_decay, optim.lr, optim.layer_decay)
+            if optim.layer_decay < 1
+            else param_groups(self, optim.weight_decay)
+        )
         optimizer = torch.optim.AdamW(
-            param_groups(self, optim.weight_decay),
+            groups,
             lr=optim.lr,
             betas=tuple(optim.betas),
             **adamw_kernel(optim.implementation, self._scales_loss_and_clips()),

@@ -1,0 +1,47 @@
+"""`optim.layer_decay`: lower blocks train at geometrically smaller learning rates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import tiny_overrides
+
+import run as cli
+from tunelab.run.layer_decay import decayed_groups
+
+
+def test_each_depth_gets_its_decayed_lr_and_every_weight_one_group(tiny_bert: Path):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=4)
+    model.bert.embeddings.requires_grad_(False)  # frozen weights are in no group
+    groups = decayed_groups(model, weight_decay=0.01, lr=1.0, layer_decay=0.5)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    trainable = [n for n, p in params.items() if p.requires_grad]
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    assert lr_of[id(params["classifier.weight"])] == 1.0
+    assert lr_of[id(params["bert.pooler.dense.weight"])] == 1.0
+    assert lr_of[id(params["bert.encoder.layer.1.output.dense.weight"])] == 0.5
+    assert lr_of[id(params["bert.encoder.layer.0.output.dense.weight"])] == 0.25
+    assert id(params["bert.embeddings.word_embeddings.weight"]) not in lr_of
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert id(params["bert.encoder.layer.0.output.LayerNorm.weight"]) in no_decay
+
+
+def test_a_run_with_layer_decay_trains(tiny_bert: Path, intent_data: Path, workdir: Path):
+    args = [*tiny_overrides(tiny_bert, intent_data), "method=full", "optim.lr=1e-3"]
+    assert cli.main([*args, "optim.layer_decay=0.8", "trainer.max_epochs=1", "name=ld"]) == 0
+    [run_dir] = (workdir / "outputs" / "ld").iterdir()
+    assert json.loads((run_dir / "test_metrics.json").read_text())["test/loss"] > 0
+
+
+@pytest.mark.parametrize("value", ["0", "1.5"])
+def test_layer_decay_outside_0_1_is_refused(value: str, tiny_bert: Path, intent_data: Path):
+    from tunelab.base.errors import ConfigError
+    from tunelab.config.validate import load_config
+
+    with pytest.raises(ConfigError, match=r"optim\.layer_decay"):
+        load_config([*tiny_overrides(tiny_bert, intent_data), f"optim.layer_decay={value}"])
