@@ -72,7 +72,7 @@ def detected(tmp_path_factory, tiny_bert: Path, intent_data: Path, one_torch_thr
         patch.chdir(folder)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         args = [*tiny_overrides(tiny_bert, intent_data), "method=full", "optim.lr=1e-3"]
-        args += ["+data.out_of_scope=refund", CALLBACK % "mahalanobis", "name=oos"]
+        args += ["data.out_of_scope=refund", CALLBACK % "mahalanobis", "name=oos"]
         assert cli.main(args) == 0
     [run] = runs(folder)
     [run_dir] = (folder / "outputs" / "oos").iterdir()

@@ -1,4 +1,5 @@
-"""`optim.layer_decay`: lower blocks train at geometrically smaller learning rates."""
+"""Levers: `optim.layer_decay` (lower blocks train at smaller learning rates) and `data.refit`
+(the final model trains on train + validation)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,20 @@ def test_layer_decay_outside_0_1_is_refused(value: str, tiny_bert: Path, intent_
 
     with pytest.raises(ConfigError, match=r"optim\.layer_decay"):
         load_config([*tiny_overrides(tiny_bert, intent_data), f"optim.layer_decay={value}"])
+
+
+def test_refit_trains_on_train_and_validation_and_leaves_test_alone(
+    tiny_bert: Path, intent_data: Path
+):
+    from tunelab.config.validate import load_config
+    from tunelab.run.build import build_datamodule
+
+    found = {}
+    for refit in ("false", "true"):
+        _, run = load_config([*tiny_overrides(tiny_bert, intent_data), f"data.refit={refit}"])
+        datamodule = build_datamodule(run)
+        datamodule.setup("fit")
+        found[refit] = {k: list(v["input_ids"]) for k, v in datamodule.splits.items()}
+    plain, refit = found["false"], found["true"]
+    assert refit["train"] == plain["train"] + plain["validation"]
+    assert refit["validation"] == plain["validation"] and refit["test"] == plain["test"]
