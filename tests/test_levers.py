@@ -63,3 +63,26 @@ def test_refit_trains_on_train_and_validation_and_leaves_test_alone(
     plain, refit = found["false"], found["true"]
     assert refit["train"] == plain["train"] + plain["validation"]
     assert refit["validation"] == plain["validation"] and refit["test"] == plain["test"]
+
+
+def test_ema_tests_and_exports_the_averaged_weights(tiny_bert: Path, intent_data: Path, workdir):
+    """The best checkpoint holds the average, and the export is what the checkpoint holds."""
+    import torch
+
+    from tunelab.run.checkpoint import load_module, read_checkpoint
+
+    ema = "+callbacks=[{_target_: callbacks.weight_averaging.EMA, decay: 0.5}]"
+    args = [*tiny_overrides(tiny_bert, intent_data), "method=full", "optim.lr=1e-3", ema]
+    assert cli.main([*args, "trainer.max_epochs=2", "name=ema"]) == 0
+    [run_dir] = (workdir / "outputs" / "ema").iterdir()
+    [best] = (run_dir / "checkpoints").glob("best-*.ckpt")
+    saved = read_checkpoint(best, "cpu")
+    current, averaged = saved["current_model_state"], saved["state_dict"]
+    key = "model.classifier.weight"
+    assert not torch.equal(current[key], averaged[key])  # the average differs from the weights
+    module = load_module(best)
+    from transformers import AutoModelForSequenceClassification
+
+    exported = AutoModelForSequenceClassification.from_pretrained(run_dir / "export")
+    assert torch.equal(exported.classifier.weight, module.model.classifier.weight)
+    assert torch.equal(module.model.classifier.weight, averaged[key])
