@@ -112,3 +112,10 @@ def test_every_way_of_predicting_answers_out_of_scope_alike(detected, tmp_path: 
     served = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert list(served.predict(pd.DataFrame(rows))["label"]) == expected
     assert served.unwrap_python_model().predictor.out_of_scope.kind == "mahalanobis"
+
+
+def test_auroc_ranks_raw_scores_of_any_scale():
+    is_oos = torch.tensor([False, False, True, True])
+    assert outofscope.auroc(torch.tensor([100.0, 200.0, 300.0, 400.0]), is_oos) == 1.0
+    assert outofscope.auroc(torch.tensor([1e3, 3e3, 2e3, 4e3]), is_oos) == 0.75
+    assert outofscope.auroc(torch.tensor([5.0, 5.0, 5.0, 5.0]), is_oos) == 0.5

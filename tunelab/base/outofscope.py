@@ -135,10 +135,19 @@ def measure(flags: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor, 
 
 
 def auroc(scores: torch.Tensor, is_oos: torch.Tensor) -> float:
-    """Area under the ROC curve of the scores for telling OOS from in-scope rows."""
-    from torchmetrics.functional.classification import binary_auroc
+    """Area under the ROC curve of the scores for telling OOS from in-scope rows.
 
-    return float(binary_auroc(scores.float(), is_oos.long()))
+    The Mann-Whitney statistic: the chance that an OOS row scores above an in-scope one (ties
+    count half). Computed on the raw scores: torchmetrics would squash scores outside [0, 1]
+    through a sigmoid first, which ties every large Mahalanobis distance.
+    """
+    scores = scores.double()
+    positive, negative = scores[is_oos], scores[~is_oos]
+    if not len(positive) or not len(negative):
+        return float("nan")
+    above = (positive.unsqueeze(1) > negative.unsqueeze(0)).sum()
+    ties = (positive.unsqueeze(1) == negative.unsqueeze(0)).sum()
+    return float((above + 0.5 * ties) / (len(positive) * len(negative)))
 
 
 def choose_threshold(
