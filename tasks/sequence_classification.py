@@ -34,6 +34,9 @@ class SequenceClassification(TaskConfig):
     # `mean`, the attention-masked mean of the last hidden states, how sentence encoders such as
     # all-MiniLM-L6-v2 were trained (tunelab.base.pooling; saved in the model's config.json)
     pooling: Literal["cls", "mean"] = "cls"
+    # R-Drop (Liang et al. 2021): each training batch passes twice (two dropout masks) and the
+    # loss adds `rdrop` x the symmetric KL between the two predictions; 0: one pass
+    rdrop: float = Field(default=0.0, ge=0)
 
     def check_model(self, probe: ModelProbe, problems: list[str]) -> None:
         """Mean pooling needs a classifier head named `classifier` (the BERT family)."""
@@ -54,15 +57,30 @@ class SequenceClassification(TaskConfig):
         }
         return found | ({"classifier_pooling": "mean"} if self.pooling == "mean" else {})
 
-    def loss(self, outputs: Any, batch: dict[str, Any]) -> Any:
-        """Cross-entropy, label-smoothed when `label_smoothing` is set."""
-        if not self.label_smoothing:
-            return outputs.loss
-        import torch
+    def forward(self, model: Any, batch: dict[str, Any]) -> Any:
+        """The outputs of one batch; with `rdrop` in training, a second pass's logits beside."""
+        outputs = model(**batch)
+        if self.rdrop and model.training:
+            outputs["rdrop_logits"] = model(**batch).logits
+        return outputs
 
-        return torch.nn.functional.cross_entropy(
-            outputs.logits.float(), batch["labels"], label_smoothing=self.label_smoothing
-        )
+    def loss(self, outputs: Any, batch: dict[str, Any]) -> Any:
+        """Cross-entropy (label-smoothed when set), plus the R-Drop term with two passes."""
+        import torch.nn.functional as F
+
+        def entropy(logits: Any) -> Any:
+            return F.cross_entropy(
+                logits.float(), batch["labels"], label_smoothing=self.label_smoothing
+            )
+
+        second = outputs.get("rdrop_logits")
+        if second is None:
+            return entropy(outputs.logits) if self.label_smoothing else outputs.loss
+        first, second = F.log_softmax(outputs.logits.float(), -1), F.log_softmax(second.float(), -1)
+        kl = F.kl_div(first, second, log_target=True, reduction="batchmean")
+        kl = (kl + F.kl_div(second, first, log_target=True, reduction="batchmean")) / 2
+        both = (entropy(outputs.logits) + entropy(outputs["rdrop_logits"])) / 2
+        return both + self.rdrop * kl
 
     def metrics(self, labels: Labels | None) -> dict[str, Any]:
         """Accuracy and macro-F1; in-scope accuracy and out-of-scope recall with an OOS class."""

@@ -86,3 +86,31 @@ def test_ema_tests_and_exports_the_averaged_weights(tiny_bert: Path, intent_data
     exported = AutoModelForSequenceClassification.from_pretrained(run_dir / "export")
     assert torch.equal(exported.classifier.weight, module.model.classifier.weight)
     assert torch.equal(module.model.classifier.weight, averaged[key])
+
+
+def test_rdrop_adds_the_symmetric_kl_of_two_dropout_passes(tiny_bert: Path):
+    import torch
+    import torch.nn.functional as F
+    from module_helpers import task_config
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=4)
+    batch = {"input_ids": torch.randint(1000, 2000, (6, 8)), "labels": torch.arange(6) % 4}
+    task = task_config(rdrop=2.0)
+    model.train()
+    torch.manual_seed(3)
+    outputs = task.forward(model, batch)
+    torch.manual_seed(3)
+    a, b = model(**batch).logits, model(**batch).logits  # the same two dropout masks
+    assert not torch.allclose(a, b)
+    p, q = F.log_softmax(a, -1), F.log_softmax(b, -1)
+    kl = (
+        F.kl_div(p, q, log_target=True, reduction="batchmean")
+        + F.kl_div(q, p, log_target=True, reduction="batchmean")
+    ) / 2
+    ce = (F.cross_entropy(a, batch["labels"]) + F.cross_entropy(b, batch["labels"])) / 2
+    assert task.loss(outputs, batch).item() == pytest.approx((ce + 2.0 * kl).item(), rel=1e-5)
+    model.eval()  # validation: one pass, the plain loss
+    outputs = task.forward(model, batch)
+    assert "rdrop_logits" not in outputs
+    assert task.loss(outputs, batch).item() == pytest.approx(outputs.loss.item())
