@@ -119,3 +119,28 @@ def test_auroc_ranks_raw_scores_of_any_scale():
     assert outofscope.auroc(torch.tensor([100.0, 200.0, 300.0, 400.0]), is_oos) == 1.0
     assert outofscope.auroc(torch.tensor([1e3, 3e3, 2e3, 4e3]), is_oos) == 0.75
     assert outofscope.auroc(torch.tensor([5.0, 5.0, 5.0, 5.0]), is_oos) == 0.5
+
+
+def test_an_onnx_export_carries_an_msp_detector_and_refuses_mahalanobis(detected, tmp_path, capsys):
+    import shutil
+
+    import export as export_cli
+    from tunelab.serving.predict import load_predictor
+
+    _, _, run_dir = detected
+    shutil.copytree(run_dir, tmp_path / "run")  # a run folder: its config names the test rows
+    source = tmp_path / "run" / "export"
+    args = [f"source={tmp_path / 'run'}", "format=onnx", "check_rows=24", "log_model=false"]
+    assert export_cli.main([*args, f"output={tmp_path / 'refused'}"]) == 1
+    assert "detector is `mahalanobis`" in capsys.readouterr().err
+
+    detector = outofscope.read_detector(source)
+    detector.kind, detector.means, detector.precision = "msp", None, None
+    detector.threshold = 0.5
+    detector.save(source)
+    assert export_cli.main([*args, f"output={tmp_path / 'onnx'}"]) == 0
+    assert outofscope.read_detector(tmp_path / "onnx").kind == "msp"
+    rows = [{"text": t} for t in TEXTS]
+    onnx = load_predictor(str(tmp_path / "onnx"), None).predict(rows)
+    torch_model = load_predictor(str(source), None).predict(rows)
+    assert [r["label"] for r in onnx] == [r["label"] for r in torch_model]

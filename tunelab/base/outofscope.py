@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from tunelab.base.errors import ModelLoadError
+
 KINDS = ("msp", "energy", "mahalanobis")
 INFO = "out_of_scope.json"
 TENSORS = "out_of_scope.safetensors"
@@ -61,6 +63,13 @@ class Detector:
             return 1 - torch.softmax(logits, dim=-1)[:, keep].max(dim=-1).values
         if self.kind == "energy":
             return -torch.logsumexp(logits[:, keep], dim=-1)
+        if features is None:
+            raise ModelLoadError(
+                "this export's out-of-scope detector is `mahalanobis`, which reads the vector the "
+                "classification head reads; this runtime (ONNX) gives logits only. Fix: serve the "
+                "PyTorch export, or export from a run whose detector is msp or energy (or delete "
+                f"{INFO} from the source export to serve the out-of-scope class alone)"
+            )
         return mahalanobis(features.float(), self.means, self.precision)
 
     def flags(self, logits: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
@@ -77,6 +86,15 @@ class Detector:
         if self.means is not None:
             tensors = {"means": self.means, "precision": self.precision}
             save_file({k: v.contiguous() for k, v in tensors.items()}, Path(folder) / TENSORS)
+
+
+def copy_detector(source: Path, target: Path) -> None:
+    """Copy the detector files of export folder `source` (if any) into `target`."""
+    import shutil
+
+    for name in (INFO, TENSORS):
+        if (Path(source) / name).is_file():
+            shutil.copy2(Path(source) / name, Path(target) / name)
 
 
 def read_detector(folder: Path) -> Detector | None:
