@@ -123,6 +123,10 @@ class ClassificationDataModule(L.LightningDataModule):
         if len(keep) < len(data["train"]):
             data["train"] = data["train"].select(keep)
             common.check_not_empty(data)
+        if self.data.refit:  # after the audit, which would count validation rows as leaked
+            from datasets import concatenate_datasets
+
+            data["train"] = concatenate_datasets([data["train"], data["validation"]])
         splits = data.map(
             lambda batch: self.tokenizer(
                 batch["text"], truncation=True, max_length=self.max_length

@@ -73,6 +73,10 @@ class ClassificationData(AuditedData):
     group_by_length: bool = True
     # remove the train rows the label-error model suspects (see tunelab.base.audit.label_model)
     drop_label_issues: bool = False
+    # train on train + validation: the final model of a recipe already chosen on validation.
+    # Validation then sits in training, so its scores (and the best-checkpoint choice they make)
+    # no longer measure anything; the test split stays unseen (docs/levers.md)
+    refit: bool = False
 
     def load(self, seed: int) -> tuple[Any, list[str] | None]:
         """The train/validation/test splits (columns `text`, `label`) and the class names."""

@@ -22,6 +22,8 @@ class TextClassification(ClassificationData):
         label_column: the label column.
         val_size: validation fraction (< 1) or row count carved from train.
         test_size: test fraction or row count carved from train when there is no test split.
+        out_of_scope: the label meaning "none of the intents" (reported apart, as CLINC150's
+            `oos`: in-scope accuracy and out-of-scope recall; out-of-scope detection), or null.
     """
 
     root: str = "data"
@@ -31,6 +33,11 @@ class TextClassification(ClassificationData):
     label_column: str = "label"
     val_size: SplitSize = 0.1
     test_size: SplitSize = 0.1
+    out_of_scope: str | None = None
+
+    def out_of_scope_label(self) -> str | None:
+        """`out_of_scope`, when set."""
+        return self.out_of_scope
 
     def load(self, seed: int) -> tuple[Any, list[str] | None]:
         """The source's splits, with validation/test carved from train when missing."""

@@ -75,6 +75,8 @@ def load_teacher(
     elif (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         from tunelab.base.models import load_pretrained
 
+        saved = json.loads((path / "config.json").read_text())
+        same_pooling(saved.get("classifier_pooling") or "cls", task)
         teacher_cfg = model_cfg.model_copy(update={"name_or_path": str(path)})
         model = load_pretrained(teacher_cfg, task, labels)
     else:
@@ -82,10 +84,27 @@ def load_teacher(
             f"method.teacher: {path} is not a full model export; give the export folder of a "
             "full/freeze run, a run's .ckpt, or mlflow:<run_id> of such a run"
         )
+    same_pooling(getattr(model.config, "classifier_pooling", None) or "cls", task)
     names = [model.config.id2label[i] for i in range(len(labels or []))] if labels else None
     if labels and names != list(labels):
         raise ConfigError([f"method.teacher: its classes {names[:3]}... differ from the data's"])
     return model
+
+
+def same_pooling(trained: str, task: TaskConfig) -> None:
+    """The student is cut from the teacher and keeps its head: `task.pooling` must match.
+
+    Raises:
+        ConfigError: when the teacher was trained with another `task.pooling`.
+    """
+    asked = getattr(task, "pooling", "cls")
+    if trained != asked:
+        raise ConfigError(
+            [
+                f"task.pooling={asked} but method.teacher was trained with task.pooling="
+                f"{trained}; set task.pooling={trained} (the student keeps the teacher's head)"
+            ]
+        )
 
 
 def distillation_loss(

@@ -11,13 +11,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from tunelab.base.plugin import Labels, TaskConfig
+from tunelab.base.plugin import Labels, ModelProbe, TaskConfig
 
 
 class SequenceClassification(TaskConfig):
     """Text in, one of the dataset's labels out."""
 
-    auto_model: ClassVar[str] = "transformers.AutoModelForSequenceClassification"
+    # AutoModelForSequenceClassification that honours `classifier_pooling` (cls or mean)
+    auto_model: ClassVar[str] = "tunelab.base.pooling.AutoModelForPooledClassification"
     peft_task_type: ClassVar[str] = "SEQ_CLS"
     data_family: ClassVar[str] = "classification"
     trains_head: ClassVar[bool] = True
@@ -29,25 +30,57 @@ class SequenceClassification(TaskConfig):
     # the training loss against (1 - s) one-hot + s uniform targets (Szegedy et al. 2016; HF
     # Trainer's label_smoothing_factor); validation and test losses stay unsmoothed
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    # what the classifier reads: `cls`, the first token's vector (BERT: through its pooler), or
+    # `mean`, the attention-masked mean of the last hidden states, how sentence encoders such as
+    # all-MiniLM-L6-v2 were trained (tunelab.base.pooling; saved in the model's config.json)
+    pooling: Literal["cls", "mean"] = "cls"
+    # R-Drop (Liang et al. 2021): each training batch passes twice (two dropout masks) and the
+    # loss adds `rdrop` x the symmetric KL between the two predictions; 0: one pass
+    rdrop: float = Field(default=0.0, ge=0)
+
+    def check_model(self, probe: ModelProbe, problems: list[str]) -> None:
+        """Mean pooling needs a classifier head named `classifier` (the BERT family)."""
+        heads = [n for n in probe.linear_names if n.split(".")[0] == "classifier"]
+        if self.pooling == "mean" and not heads:
+            problems.append(
+                f"task.pooling=mean: {probe.name_or_path} ({probe.model_type}) has no "
+                "`classifier` head to feed the mean of its tokens; use task.pooling=cls"
+            )
 
     def model_kwargs(self, labels: list[str] | None) -> dict[str, Any]:
-        """The label maps of the classification head."""
+        """The label maps of the classification head, and its pooling when not the default."""
         names = list(labels or [])
-        return {
+        found = {
             "num_labels": len(names),
             "id2label": dict(enumerate(names)),
             "label2id": {name: i for i, name in enumerate(names)},
         }
+        return found | ({"classifier_pooling": "mean"} if self.pooling == "mean" else {})
+
+    def forward(self, model: Any, batch: dict[str, Any]) -> Any:
+        """The outputs of one batch; with `rdrop` in training, a second pass's logits beside."""
+        outputs = model(**batch)
+        if self.rdrop and model.training:
+            outputs["rdrop_logits"] = model(**batch).logits
+        return outputs
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> Any:
-        """Cross-entropy, label-smoothed when `label_smoothing` is set."""
-        if not self.label_smoothing:
-            return outputs.loss
-        import torch
+        """Cross-entropy (label-smoothed when set), plus the R-Drop term with two passes."""
+        import torch.nn.functional as F
 
-        return torch.nn.functional.cross_entropy(
-            outputs.logits.float(), batch["labels"], label_smoothing=self.label_smoothing
-        )
+        def entropy(logits: Any) -> Any:
+            return F.cross_entropy(
+                logits.float(), batch["labels"], label_smoothing=self.label_smoothing
+            )
+
+        second = outputs.get("rdrop_logits")
+        if second is None:
+            return entropy(outputs.logits) if self.label_smoothing else outputs.loss
+        first, second = F.log_softmax(outputs.logits.float(), -1), F.log_softmax(second.float(), -1)
+        kl = F.kl_div(first, second, log_target=True, reduction="batchmean")
+        kl = (kl + F.kl_div(second, first, log_target=True, reduction="batchmean")) / 2
+        both = (entropy(outputs.logits) + entropy(outputs["rdrop_logits"])) / 2
+        return both + self.rdrop * kl
 
     def metrics(self, labels: Labels | None) -> dict[str, Any]:
         """Accuracy and macro-F1; in-scope accuracy and out-of-scope recall with an OOS class."""
@@ -70,8 +103,15 @@ class SequenceClassification(TaskConfig):
         return outputs.logits.argmax(dim=-1), batch["labels"]
 
     def predict(self, predictor: Any, rows: list[dict[str, Any]], options: dict) -> list[dict]:
-        """The most probable label and its probability per row."""
+        """The most probable label and its probability per row.
+
+        An export with an out-of-scope detector beside it (`out_of_scope.json`, written by
+        `callbacks.out_of_scope`) answers its label (`oos`) where the detector fires; the
+        probability stays the classifier's top one.
+        """
         import torch
+
+        from tunelab.base.pooling import classifier_inputs
 
         texts = [str(row["text"]) for row in rows]
         batch = predictor.tokenizer(
@@ -81,13 +121,19 @@ class SequenceClassification(TaskConfig):
             padding=True,
             return_tensors="pt",
         )
-        with torch.no_grad():
-            probs = torch.softmax(predictor.model(**batch).logits.float(), dim=-1)
+        detector = _detector(predictor)
+        with torch.no_grad(), classifier_inputs(predictor.model, detector) as features:
+            logits = predictor.model(**batch).logits.float()
+        probs = torch.softmax(logits, dim=-1)
         best, index = probs.max(dim=-1)
         labels = predictor.info["labels"]
+        names = [labels[i] if labels else str(i) for i in index.tolist()]
+        if detector is not None:
+            flags = detector.flags(logits, features[0] if features else None).tolist()
+            names = [detector.label if flag else n for n, flag in zip(names, flags, strict=True)]
         return [
-            {"label": labels[i] if labels else str(i), "probability": float(p)}
-            for p, i in zip(best.tolist(), index.tolist(), strict=True)
+            {"label": name, "probability": float(p)}
+            for name, p in zip(names, best.tolist(), strict=True)
         ]
 
     def signature(self) -> Any:
@@ -103,3 +149,13 @@ class SequenceClassification(TaskConfig):
         ids = datamodule.splits["test"][:n]["input_ids"]
         texts = datamodule.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return [{"text": text} for text in texts]
+
+
+def _detector(predictor: Any) -> Any:
+    """The out-of-scope detector saved beside the predictor's export (read once), or None."""
+    if not hasattr(predictor, "out_of_scope"):
+        from tunelab.base.outofscope import read_detector
+
+        folder = getattr(predictor, "folder", None)
+        predictor.out_of_scope = read_detector(folder) if folder else None
+    return predictor.out_of_scope

@@ -110,6 +110,9 @@ class OptimConfig(Strict):
     warmup_ratio: Fraction = 0.06
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     betas: tuple[Probability, Probability] = (0.9, 0.999)
+    # layer-wise lr decay: block i of L trains at lr * layer_decay^(L - i), embeddings one step
+    # lower, the head at lr (tunelab.run.layer_decay); 1.0: one lr for all
+    layer_decay: Annotated[float, Field(gt=0, le=1)] = 1.0
     # AdamW kernel: fused (one kernel for all tensors: full fine-tuning steps 1.35x faster than
     # torch's default on CPU, LoRA steps level; benchmarks/speed_switches.py), foreach, default
     implementation: Literal["fused", "foreach", "default"] = "fused"

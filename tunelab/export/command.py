@@ -150,6 +150,7 @@ def write_format(args: ExportArgs, predictor: Any, folder: Path) -> dict[str, An
     """The export in `folder` with its `model_info.json` (before the check)."""
     from importlib import import_module
 
+    from tunelab.base.outofscope import copy_detector
     from tunelab.export.hf import whole_model
     from tunelab.serving.inference import write_info
 
@@ -158,6 +159,7 @@ def write_format(args: ExportArgs, predictor: Any, folder: Path) -> dict[str, An
     model = whole_model(predictor.model)
     written = import_module(WRITERS[args.format]).write(model, predictor.tokenizer, folder, args)
     predictor.tokenizer.save_pretrained(folder)
+    copy_detector(predictor.folder, folder)  # an out-of-scope detector answers alike there
     info = predictor.info | written | {"format": args.format, "quantize": args.quantize}
     write_info(folder, info | {"exported_from": args.source})
     return info | {"exported_from": args.source}

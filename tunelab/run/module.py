@@ -104,6 +104,9 @@ class FineTuneModule(L.LightningModule):
         # what trains; loading them back is then non-strict.
         self.strict_loading = not self.saves_trainable_only
         self.prepared = False  # `method.prepare` ran (see `setup`)
+        # what else travels with the exported model, by name: functions writing into its folder
+        # (an out-of-scope detector fitted after testing: callbacks.out_of_scope)
+        self.extra_exports: dict[str, Any] = {}
 
     def load_base(self) -> torch.nn.Module:
         """The pretrained model: the method's own (e.g. a teacher) or `model.name_or_path`."""
@@ -202,9 +205,16 @@ class FineTuneModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         from transformers import get_scheduler
 
+        from tunelab.run.layer_decay import decayed_groups
+
         optim = self.optim_cfg
+        groups = (
+            decayed_groups(self.model, optim.weight_decay, optim.lr, optim.layer_decay)
+            if optim.layer_decay < 1
+            else param_groups(self, optim.weight_decay)
+        )
         optimizer = torch.optim.AdamW(
-            param_groups(self, optim.weight_decay),
+            groups,
             lr=optim.lr,
             betas=tuple(optim.betas),
             **adamw_kernel(optim.implementation, self._scales_loss_and_clips()),
@@ -253,4 +263,10 @@ class FineTuneModule(L.LightningModule):
         names = self.labels.names if self.labels else None
         if not self.method.export(self.model, folder, self.model_cfg, names):
             self.model.save_pretrained(folder)
+        self.write_extras(folder)
         return folder
+
+    def write_extras(self, folder: Path) -> None:
+        """Write what travels beside the model (`extra_exports`) into an export folder."""
+        for write in self.extra_exports.values():
+            write(folder)

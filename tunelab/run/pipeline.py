@@ -244,6 +244,7 @@ class Run:
         if merged is None:
             return
         self.datamodule.tokenizer.save_pretrained(merged)
+        module.write_extras(merged)
         write_info(merged, model_info(self.config, self.datamodule.labels))
         if self.config.logger.log_model:
             run_id = self.logger.run_id
