@@ -98,6 +98,8 @@ def run_params(resolved: dict[str, Any]) -> dict[str, Any]:
             continue
         if key in QUANT_DETAILS and flat.get("model.quantize") is None:
             continue  # settings of a quantisation that is off
+        if key.startswith("data.") and value is False:
+            continue  # data switches left off (audit, drop_*, refit): in config.yaml
         if isinstance(value, str) and value.startswith("/"):
             continue  # absolute paths: machine-specific, in config.yaml
         params[key] = value
