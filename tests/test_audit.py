@@ -161,7 +161,7 @@ def _run(folder: Path, overrides: list[str]) -> tuple[MlflowClient, object]:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         assert run_cli.main(overrides) == 0
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-    [experiment] = [e for e in client.search_experiments() if e.name == "intents"]
+    [experiment] = [e for e in client.search_experiments() if e.name == "planted"]  # the file's
     [run] = client.search_runs([experiment.experiment_id])
     return client, run
 
