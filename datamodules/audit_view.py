@@ -75,17 +75,7 @@ def instruction_view(
 
     `measure=False` skips rendering and tokenising (lengths 0): enough for the leak count.
     """
-    chat = None
-    if measure:
-        chat = prompting.uses_chat_template(datamodule.tokenizer, datamodule.data.template)
-    splits = {name: _instruction_split(datamodule, rows, chat) for name, rows in records.items()}
-    return View(
-        "instruction",
-        splits,
-        datamodule.data.name,
-        datamodule.tokenizer_name,
-        datamodule.max_length,
-    )
+    return _prompted_view("instruction", datamodule, records, measure, _instruction_split)
 
 
 def _pair_split(datamodule: Any, records: list[Record], chat: bool | None) -> Split:
@@ -115,17 +105,19 @@ def preference_view(
             for split, rows in records.items()
         }
         return instruction_view(datamodule, unpaired, measure)
+    return _prompted_view("preference", datamodule, records, measure, _pair_split)
+
+
+def _prompted_view(
+    kind: str, datamodule: Any, records: dict[str, list[Record]], measure: bool, split: Any
+) -> View:
+    """A view of prompted records, each split made by `split` (chat template found once)."""
     chat = None
     if measure:
         chat = prompting.uses_chat_template(datamodule.tokenizer, datamodule.data.template)
-    splits = {name: _pair_split(datamodule, rows, chat) for name, rows in records.items()}
-    return View(
-        "preference",
-        splits,
-        datamodule.data.name,
-        datamodule.tokenizer_name,
-        datamodule.max_length,
-    )
+    splits = {name: split(datamodule, rows, chat) for name, rows in records.items()}
+    name, tokenizer = datamodule.data.name, datamodule.tokenizer_name
+    return View(kind, splits, name, tokenizer, datamodule.max_length)
 
 
 def _desirable(record: Record) -> str:
