@@ -9,11 +9,12 @@
 Variants of the classifier: PyTorch fp32 (the run's export; give a whole-model run such as
 the freeze recipe: an adapter folder's size leaves out its base), PyTorch int8 (torch's dynamic
 int8 quantisation of the Linear layers), ONNX fp32 and int8 (`export.py`), the pruned and the
-distilled runs given; of the decoder: PyTorch fp32 and GGUF q8_0 / q4_k_m (llama.cpp). Each
-gets test accuracy (the decoder: agreement of greedy generations with fp32), size on disk, p50 /
-p95 latency of one row and rows/s at batch 64. Timed calls are interleaved: every round calls
-each variant once at batch 1 and once at batch 64, so load on the machine hits all alike. Run
-it on an otherwise idle machine. Logged to MLflow as one parent run with a child per variant.
+distilled runs given, each also as ONNX int8; of the decoder: PyTorch fp32 and GGUF q8_0 /
+q4_k_m (llama.cpp). Each gets test accuracy (the decoder: agreement of greedy generations with
+fp32), size on disk, p50 / p95 latency of one row and rows/s at batch 64. Timed calls are
+interleaved: every round calls each variant once at batch 1 and, every few rounds, once at
+batch 64, so load on the machine hits all alike. Run it on an otherwise idle machine. Logged to
+MLflow as one parent run with a child per variant.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def exported(run_dir: Path, out: Path, fmt: str, quantize: str, llama_cpp: str =
     folder = out / f"{run_dir.name}_{fmt}_{quantize}"
     args = ExportArgs(source=str(run_dir), format=fmt, quantize=quantize, output=str(folder))
     args.log_model, args.llama_cpp = False, llama_cpp
-    args.min_agreement = 0.0  # the table reports accuracy / agreement itself
+    args.min_agreement, args.max_difference = 0.0, 1.0  # the table reports accuracy itself
     return export(args).folder
 
 
@@ -113,7 +114,9 @@ def classifier_variants(args: argparse.Namespace, out: Path) -> list[Variant]:
     for tag, runs in (("pruned", args.pruned), ("distilled", args.distilled)):
         for other in runs or []:
             folder = Path(other) / "export"
-            found.append(Variant(f"{tag} {Path(other).parent.name}", Predictor(folder), folder))
+            found.append(Variant(f"{tag}", Predictor(folder), folder))
+            folder = exported(Path(other), out, "onnx", "int8")  # both steps together
+            found.append(Variant(f"{tag} + onnx int8", Predictor(folder), folder))
     return found
 
 

@@ -4,8 +4,10 @@
   rejected = the same reasoning ending in a wrong decision (one of the other two, seeded): a
   pair that teaches the decision, not the prose.
 - MedQuAD (`data=medquad_pairs`): chosen = a question's answer, rejected = the answer to another
-  question about the same focus (the next one with a different answer in the same document): a
-  pair that teaches answering the question asked, not any text on the topic.
+  question about the same focus (the next one in the same document whose answer does not also
+  answer this question): a pair that teaches answering the question asked, not any text on the
+  topic. A document that asks one question twice with two answers gives no pair preferring one
+  of them over the other, so no prompt prefers A over B in one row and B over A in another.
 """
 
 from __future__ import annotations
@@ -77,6 +79,14 @@ class PubMedQAPairs(PreferenceData):
         return pairs
 
 
+def answers_by_question(pairs: list[Record]) -> dict[str, set[str]]:
+    """Every answer a document gives to each of its questions (a question may be asked twice)."""
+    answers: dict[str, set[str]] = {}
+    for pair in pairs:
+        answers.setdefault(pair["question"].strip(), set()).add(pair["answer"])
+    return answers
+
+
 class MedQuADPairs(PreferenceData):
     """MedQuAD pairs, split by document as `data=medquad`; one-answer documents give none.
 
@@ -105,9 +115,11 @@ class MedQuADPairs(PreferenceData):
         records: dict[str, list[Record]] = {split: [] for split in SPLITS}
         for file, pairs in documents.items():
             split = split_of(file, self.val_size, self.test_size)
+            answers = answers_by_question(pairs)
             for i, pair in enumerate(pairs):
+                own = answers[pair["question"].strip()]  # never reject an answer to this question
                 others = pairs[i + 1 :] + pairs[:i]
-                other = next((o for o in others if o["answer"] != pair["answer"]), None)
+                other = next((o for o in others if o["answer"] not in own), None)
                 if other is None:
                     continue
                 records[split].append(

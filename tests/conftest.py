@@ -130,6 +130,19 @@ def runs(folder: Path) -> list:
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
+def trained(folder: Path, args: list[str], name: str) -> tuple[Any, Path]:
+    """`run.py args name=<name>` in `folder`, its own MLflow store: (MLflow run, run folder)."""
+    import run as cli
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert cli.main([*args, f"name={name}"]) == 0
+    [run] = runs(folder)
+    [run_dir] = (folder / "outputs" / name).iterdir()
+    return run, run_dir
+
+
 class StopAt(L.Callback):
     """Request a stop after global step `step`, as the SIGTERM handler would."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from decoder_helpers import build_tiny
+from test_preference import overrides
 
 import audit as audit_cli
 from tunelab.audit import cli
@@ -55,17 +56,8 @@ def pairs_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def args(pairs_root: tuple[Path, Path], *extra: str) -> list[str]:
-    model, root = pairs_root
-    return [
-        "experiment=dpo_tiny_mistral",
-        f"model.name_or_path={model}",
-        "model.max_length=64",
-        "data=preference_file",
-        f"data.root={root}",
-        "data.path=pairs",
-        "data.max_train_samples=null",
-        *extra,
-    ]
+    """The preference tests' run on the planted pairs, every train row kept."""
+    return overrides(pairs_root, "data.max_train_samples=null", *extra)
 
 
 def test_preference_audit_finds_each_planted_fault(pairs_root, tmp_path: Path, capsys):

@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 import run as cli
 from tunelab.base.data_root import CANDIDATES, data_root
 from tunelab.base.errors import ConfigError
 from tunelab.config.compose import GROUP_DIRS, REPO_ROOT, available
 from tunelab.config.validate import load_config
+from tunelab.tracking.run_info import run_name
 
 EXPERIMENTS = available("experiment")
 
@@ -238,16 +240,29 @@ def test_a_missing_tiny_model_fails_fast_naming_how_to_build_it(
 
 
 @pytest.mark.parametrize(
-    ("args", "experiment"),
+    ("args", "experiment", "name", "run_title"),
     [
-        ([], "tunelab"),  # the recipe's own data
-        (["data=banking77"], "tunelab"),
-        (["data=text_classification", "data.path=/srv/my tickets.csv"], "my_tickets"),
-        (["data=clinc150"], "clinc150"),
-        (["data=text_classification", "data.path=t.csv", "logger.experiment_name=mine"], "mine"),
+        ([], "tunelab", "quickstart", "lora r=16 lr=5e-3"),  # the recipe's own data
+        (["data=banking77"], "tunelab", "quickstart", "lora r=16 lr=5e-3"),
+        (
+            ["data=text_classification", "data.path=/srv/my tickets.csv", "method.r=8"],
+            "my_tickets",
+            "quickstart_my_tickets",
+            "lora r=8 lr=5e-3 on my_tickets",
+        ),
+        (["data=clinc150"], "clinc150", "quickstart_clinc150", "lora r=16 lr=5e-3 on clinc150"),
+        (
+            ["data=text_classification", "data.path=t.csv", "logger.experiment_name=m", "name=x"],
+            "m",
+            "x",
+            "lora r=16 lr=5e-3",
+        ),
     ],
 )
-def test_a_run_on_other_data_is_filed_under_that_data(args: list[str], experiment: str):
-    _, run = load_config(["experiment=quickstart", *args])
+def test_a_run_on_other_data_is_named_foldered_and_filed_after_that_data(
+    args: list[str], experiment: str, name: str, run_title: str
+):
+    cfg, run = load_config(["experiment=quickstart", *args])
     assert run.logger.experiment_name == experiment
-    assert run.name == "quickstart"  # the recipe: its folder and resume key
+    assert run.name == name  # its folder under output_root and its resume key
+    assert run_name(OmegaConf.to_container(cfg, resolve=True)) == run_title

@@ -150,7 +150,7 @@ def test_qlora_trains_an_encoder_classifier_head(workdir, bert64, intent_data):
     args = ["experiment=quickstart", *tiny_overrides(bert64, intent_data), "model.quantize=nf4"]
     args += ["trainer.max_epochs=1", "model.dtype=float32"]
     assert cli.main(args) == 0
-    [run_dir] = (workdir / "outputs" / "quickstart").iterdir()
+    [run_dir] = (workdir / "outputs" / "quickstart_intents").iterdir()
     adapter = json.loads((run_dir / "export" / "adapter_config.json").read_text())
     assert "classifier" in adapter["modules_to_save"]
     [ckpt] = (run_dir / "checkpoints").glob("best-*.ckpt")  # resume.ckpt beside it

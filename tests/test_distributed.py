@@ -250,7 +250,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path: Path):
     assert len(one["train/loss"]) == len(two["train/loss"]) == 10  # 80 rows / 16 x 2 epochs
     for key, values in one.items():
         assert two[key] == pytest.approx(values, abs=LOSS_TOLERANCE), key
-    run_dirs = list((tmp_path / "outputs" / "quickstart").iterdir())
+    run_dirs = list((tmp_path / "outputs" / "quickstart_intents").iterdir())
     assert len(run_dirs) == 2  # one folder per run, not per process
     one_dir, two_dir = ({p.name for p in d.rglob("*")} for d in run_dirs)
     assert one_dir == two_dir  # the same files, written once (no per-process copies)
@@ -284,7 +284,7 @@ def test_ddp_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_pat
     [resumed], after = recorded(twice / "mlflow.db")
     _, clean = recorded(once / "mlflow.db")
     assert resumed.info.status == "FINISHED"  # the same run, continued (no second run)
-    assert len(list((twice / "outputs" / "quickstart").iterdir())) == 1
+    assert len(list((twice / "outputs" / "quickstart_intents").iterdir())) == 1
     for key in ("val/acc", "test/acc", "test/loss"):
         assert after[key][-1] == pytest.approx(clean[key][-1], abs=LOSS_TOLERANCE), key
 

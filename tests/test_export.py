@@ -28,7 +28,7 @@ def quickstart_run(tmp_path_factory, tiny_bert, intent_data, one_torch_thread):
         patch.chdir(folder)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         assert cli.main(args) == 0
-    [run_dir] = (folder / "outputs" / "quickstart").iterdir()
+    [run_dir] = (folder / "outputs" / "quickstart_intents").iterdir()
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     return folder, run_dir, run_id
 
@@ -155,3 +155,44 @@ def test_mlflow_models_serve_serves_an_onnx_export(quickstart_run, onnx_int8, in
     with served(f"runs:/{run_id}/model_onnx_int8", folder) as url:
         answers = invoke(url, {"dataframe_records": rows})
     assert [a["label"] for a in answers] == [e["label"] for e in expected]
+
+
+def test_a_flipped_label_counts_against_agreement_not_the_probability_difference():
+    from tunelab.export.check import compare
+
+    expected = [{"label": "a", "probability": 0.9}, {"label": "b", "probability": 0.51}]
+    got = [{"label": "a", "probability": 0.88}, {"label": "c", "probability": 0.95}]
+    found = compare(expected, got)
+    assert found.agreement == 0.5
+    assert found.max_difference == pytest.approx(0.02)  # not 0.44: label c is another class
+    assert compare(expected, expected).max_difference == 0.0
+
+
+@pytest.mark.slow
+def test_the_deployment_table_builds_scores_times_and_logs_every_variant(
+    quickstart_run, tmp_path, monkeypatch, capsys
+):
+    import importlib.util
+    import shutil
+    import sys
+
+    _, run_dir, _ = quickstart_run
+    shutil.copytree(run_dir, tmp_path / "pruned_run")  # stands in for a pruned run's folder
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "deploy.py"
+    spec = importlib.util.spec_from_file_location("deploy", script)
+    deploy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deploy)
+    store = f"sqlite:///{tmp_path / 'deploy.db'}"
+    argv = ["deploy.py", "--smoke", "--classifier", str(run_dir), "--tracking-uri", store]
+    monkeypatch.setattr(sys, "argv", [*argv, "--pruned", str(tmp_path / "pruned_run")])
+    deploy.main()
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    names = [line.split("|")[1].strip() for line in table[1:]]
+    variants = ["pytorch fp32", "pytorch int8", "onnx none", "onnx int8", "pruned"]
+    assert names == [*variants, "pruned + onnx int8"]
+    sizes = {name: float(line.split("|")[3]) for name, line in zip(names, table[1:], strict=True)}
+    assert sizes["onnx int8"] < sizes["onnx none"]
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("deploy").experiment_id])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(children) == 6 and all("deploy/rows_per_s" in r.data.metrics for r in children)

@@ -55,7 +55,7 @@ def decoder_run(tmp_path_factory, one_torch_thread):
         patch.chdir(folder)
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         assert cli.main(args) == 0
-    [run_dir] = (folder / "outputs" / "lora_tiny_mistral").iterdir()
+    [run_dir] = (folder / "outputs" / "lora_tiny_mistral_qa").iterdir()
     return folder, run_dir
 
 

@@ -111,7 +111,7 @@ def test_disk_full_stops_with_the_folder_and_the_space_then_resumes_once_freed(
     [line] = [x for x in err.splitlines() if x.startswith("error: disk full:")]
     assert message in line and str(small_disk / "outputs") in line and "free)" in line
     assert "needs " in line and "Traceback" not in err
-    [folder] = (small_disk / "outputs" / "full_minilm_banking77").iterdir()
+    [folder] = (small_disk / "outputs" / "full_minilm_banking77_intents").iterdir()
     kept = read_checkpoint(folder / resume.CHECKPOINT)  # the previous save, whole
     if case == "checkpoint":  # step 3's save; step 6's did not fit
         assert kept["global_step"] == 3
@@ -275,7 +275,7 @@ def test_a_cut_model_info_is_named_by_predict(workdir, capsys, tiny_bert, intent
 
     args = args_for(tiny_bert, intent_data, *QUICK, "logger.log_model=false")
     assert cli.main(args) == 0
-    [run_dir] = (workdir / "outputs" / "full_minilm_banking77").iterdir()
+    [run_dir] = (workdir / "outputs" / "full_minilm_banking77_intents").iterdir()
     info = run_dir / "export" / "model_info.json"
     info.write_text(info.read_text()[:60])  # cut mid-way, as a copy interrupted leaves it
     (workdir / "texts.csv").write_text("text\ni lost my card\n")
@@ -332,7 +332,7 @@ def test_sigterm_in_test_or_export_stops_resumable_not_finished(
     assert "stopped by SIGTERM" in err and "resume with: python run.py" in err
     [killed] = runs(workdir)
     assert killed.info.status == "KILLED"
-    [folder] = (workdir / "outputs" / "full_minilm_banking77").iterdir()
+    [folder] = (workdir / "outputs" / "full_minilm_banking77_intents").iterdir()
     state = resume.read_state(folder)
     assert (state["status"], state["phase"]) == ("killed", phase)
     assert (folder / resume.CHECKPOINT).is_file()  # what the rerun continues from
@@ -382,7 +382,7 @@ def test_a_real_sigterm_during_the_test_phase_exits_143_and_the_rerun_finishes(
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     [killed] = runs(tmp_path)
     assert killed.info.status == "KILLED"
-    [folder] = (tmp_path / "outputs" / "full_minilm_banking77").iterdir()
+    [folder] = (tmp_path / "outputs" / "full_minilm_banking77_intents").iterdir()
     assert resume.read_state(folder)["phase"] == "test" and not (folder / "export").exists()
 
     rerun = start(tmp_path, args)
@@ -403,7 +403,7 @@ def start_together(folder: Path, args: list[str], n: int = 2) -> list[tuple[int,
 
 
 def folders(folder: Path) -> list[Path]:
-    return sorted((folder / "outputs" / "full_minilm_banking77").iterdir())
+    return sorted((folder / "outputs" / "full_minilm_banking77_intents").iterdir())
 
 
 @pytest.mark.slow

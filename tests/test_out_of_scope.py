@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import runs, tiny_overrides
+from conftest import tiny_overrides, trained
 
-import run as cli
 from tunelab.base import outofscope
 from tunelab.base.outofscope import Detector
 
@@ -68,14 +67,9 @@ def test_a_detector_saves_and_reads_back_identically(tmp_path: Path):
 def detected(tmp_path_factory, tiny_bert: Path, intent_data: Path, one_torch_thread):
     """A full fine-tuning run with `refund` as the out-of-scope class and a Mahalanobis detector."""
     folder = tmp_path_factory.mktemp("oos")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        args = [*tiny_overrides(tiny_bert, intent_data), "method=full", "optim.lr=1e-3"]
-        args += ["data.out_of_scope=refund", CALLBACK % "mahalanobis", "name=oos"]
-        assert cli.main(args) == 0
-    [run] = runs(folder)
-    [run_dir] = (folder / "outputs" / "oos").iterdir()
+    args = [*tiny_overrides(tiny_bert, intent_data), "method=full", "optim.lr=1e-3"]
+    args += ["data.out_of_scope=refund", CALLBACK % "mahalanobis"]
+    run, run_dir = trained(folder, args, "oos")
     return folder, run, run_dir
 
 

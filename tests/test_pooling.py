@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import INTENTS, runs, tiny_overrides
+from conftest import INTENTS, tiny_overrides, trained
 
 import predict as predict_cli
 import run as cli
@@ -35,14 +35,9 @@ def minilm() -> Path:
 def mean_run(tmp_path_factory, minilm: Path, intent_data: Path, one_torch_thread):
     """`method=freeze` with `task.pooling=mean` on MiniLM, a few steps: (folder, run, export)."""
     folder = tmp_path_factory.mktemp("mean")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        args = [*tiny_overrides(minilm, intent_data), "method=freeze", "task.pooling=mean"]
-        args += ["method.trainable_layers=2", "optim.lr=2e-3", "trainer.max_epochs=3"]
-        assert cli.main([*args, "name=mean"]) == 0
-    [run] = runs(folder)
-    [run_dir] = (folder / "outputs" / "mean").iterdir()
+    args = [*tiny_overrides(minilm, intent_data), "method=freeze", "task.pooling=mean"]
+    args += ["method.trainable_layers=2", "optim.lr=2e-3", "trainer.max_epochs=3"]
+    run, run_dir = trained(folder, args, "mean")
     return folder, run, run_dir / "export"
 
 

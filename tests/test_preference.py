@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -172,6 +173,13 @@ def test_medquad_pairs_reject_another_answer_on_the_same_focus():
     by_row = {p["row"].split(" QAPair")[0] for p in pairs["test"]}
     assert not by_row & {p["row"].split(" QAPair")[0] for p in pairs["train"]}
     assert all(p["chosen"] != p["rejected"] for s in pairs.values() for p in s)
+    chosen: dict[str, set[str]] = {}
+    rejected: dict[str, set[str]] = {}
+    for pair in (p for split in pairs.values() for p in split):
+        chosen.setdefault(pair["instruction"].strip(), set()).add(pair["chosen"])
+        rejected.setdefault(pair["instruction"].strip(), set()).add(pair["rejected"])
+    # a question asked twice in a document: neither of its answers is ever rejected for it
+    assert not [q for q in chosen if chosen[q] & rejected[q]]
 
 
 # ----------------------------------------------------------------------------- training
@@ -312,16 +320,16 @@ def test_reference_is_the_starting_model_and_stays_frozen(tiny, method):
     assert moved.loss.item() < math.log(2) and moved.stats()["rewards/chosen"].abs().max() > 0
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_precomputed_reference_logps_give_the_same_loss_and_free_the_reference(tiny, method):
-    from types import SimpleNamespace
+def with_precomputed_reference(args: list[str]) -> tuple[Any, Any, Any]:
+    """A module moved off its reference; the loss on a plain batch; the batch with reference logps.
 
+    The loss is computed (reference forward) before `ReferenceLogps` precomputes the reference
+    log-probabilities into the loader, so the two losses must agree.
+    """
     from callbacks.reference_logps import ReferenceLogps
     from tunelab.config.validate import load_config
     from tunelab.run.build import build_data_and_module
 
-    clear = ["~method.r", "~method.alpha"] if method == "full" else []
-    args = overrides(tiny, f"method={method}", "task.precompute_reference=true", *clear)
     _, config = load_config(args)
     datamodule, module = build_data_and_module(config)
     plain = next(iter(datamodule.val_dataloader()))
@@ -331,6 +339,15 @@ def test_precomputed_reference_logps_give_the_same_loss_and_free_the_reference(t
     expected = module.task.forward(module.model, plain)
     ReferenceLogps().on_fit_start(SimpleNamespace(datamodule=datamodule), module)
     batch = next(iter(datamodule.val_dataloader()))
+    assert torch.equal(batch["input_ids"], plain["input_ids"])
+    return module, expected, batch
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_precomputed_reference_logps_give_the_same_loss_and_free_the_reference(tiny, method):
+    clear = ["~method.r", "~method.alpha"] if method == "full" else []
+    args = overrides(tiny, f"method={method}", "task.precompute_reference=true", *clear)
+    module, expected, batch = with_precomputed_reference(args)
     assert batch["reference_logps"].shape == (batch["labels"].shape[0],)
     found = module.task.forward(module.model, batch)
     assert found.loss.item() == pytest.approx(expected.loss.item(), abs=1e-5)

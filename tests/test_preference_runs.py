@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import test_preference
 import torch
-from test_preference import logps_of, overrides
+from test_preference import logps_of, overrides, with_precomputed_reference
 
 from tunelab.base.errors import ConfigError
 from tunelab.config.validate import load_config
@@ -114,20 +114,10 @@ def test_sft_reference_missing_from_mlflow_is_a_config_error(tiny, logged_sft):
 
 # ----------------------------------------------------------------------------- KTO precomputed
 def test_kto_precomputed_reference_logps_give_the_same_loss(tiny):
-    from callbacks.reference_logps import ReferenceLogps
-
     kto = ("task.loss=kto", "data.unpaired=true", "data.path=kto", "data.eval_batch_size=6")
-    _, config = load_config(overrides(tiny, *kto, "task.precompute_reference=true"))
-    datamodule, module = build_data_and_module(config)
-    plain = next(iter(datamodule.val_dataloader()))
-    with torch.no_grad():  # move the policy away from its reference
-        for p in (p for p in module.model.parameters() if p.requires_grad):
-            p.add_(torch.randn_like(p) * 0.05)
-    expected = module.task.forward(module.model, plain)
-    ReferenceLogps().on_fit_start(SimpleNamespace(datamodule=datamodule), module)
-    batch = next(iter(datamodule.val_dataloader()))
+    args = overrides(tiny, *kto, "task.precompute_reference=true")
+    module, expected, batch = with_precomputed_reference(args)
     assert batch["reference_logps"].shape == (12,)  # completions and their mismatched rows
-    assert torch.equal(batch["input_ids"], plain["input_ids"])
     found = module.task.forward(module.model, batch)
     assert found.loss.item() == pytest.approx(expected.loss.item(), abs=1e-5)
     assert found.loss.item() != pytest.approx(0.5, abs=1e-4)  # 0.5: the policy unmoved
@@ -208,7 +198,7 @@ def test_stopped_preference_run_resumes_to_the_same_losses(tmp_path, monkeypatch
     assert code == 143 and killed.info.status == "KILLED"
     code, again, resumed = run_cli(tmp_path / "twice", args)
     assert code == 0 and resumed.info.run_id == killed.info.run_id
-    [folder] = (tmp_path / "twice" / "outputs" / "dpo_tiny_mistral").iterdir()
+    [folder] = (tmp_path / "twice" / "outputs" / "dpo_tiny_mistral_pairs").iterdir()
     assert resume.read_state(folder)["status"] == "finished"
     for key in ("train/loss", "train/rewards/margins", "val/rewards/accuracies", "val/loss"):
         want = per_step(client, clean.info.run_id, key)

@@ -156,7 +156,7 @@ def test_a_decoder_prune_run_exports_fewer_heads(tmp_path, monkeypatch):
         "method.batches=2",
     ]
     assert cli.main(args) == 0
-    [export] = (tmp_path / "outputs" / "lora_tiny_mistral").glob("*/export")
+    [export] = (tmp_path / "outputs" / "lora_tiny_mistral_qa").glob("*/export")
     config = AutoConfig.from_pretrained(export)
     assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (2, 2, 16)
     from tunelab.serving.predict import load_predictor

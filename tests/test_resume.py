@@ -104,7 +104,7 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(
         stop_at(patch, step)
         assert cli.main(args_for(tiny_bert, intent_data)) == 143
     err = capsys.readouterr().err
-    assert "stopped by SIGTERM; checkpoint saved in outputs/full_minilm_banking77/" in err
+    assert "stopped by SIGTERM; checkpoint saved in outputs/full_minilm_banking77_intents/" in err
     assert f"resume with: python run.py {RECIPE}" in err and "Traceback" not in err
     [killed] = runs(tmp_path / "twice")
     assert killed.info.status == "KILLED"
@@ -112,7 +112,7 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(
     assert cli.main(args_for(tiny_bert, intent_data)) == 0
     [resumed] = runs(tmp_path / "twice")
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
-    [folder] = (tmp_path / "twice" / "outputs" / "full_minilm_banking77").iterdir()
+    [folder] = (tmp_path / "twice" / "outputs" / "full_minilm_banking77_intents").iterdir()
     assert resume.read_state(folder)["status"] == "finished"
     assert not (folder / resume.CHECKPOINT).exists()  # finished: only the best checkpoint stays
     assert_same_run(
@@ -127,7 +127,7 @@ def test_resume_false_starts_fresh_and_a_changed_config_is_refused(
     with monkeypatch.context() as patch:
         stop_at(patch, 2)
         assert cli.main(args_for(tiny_bert, intent_data, "trainer.max_epochs=1")) == 143
-    [folder] = (workdir / "outputs" / "full_minilm_banking77").iterdir()
+    [folder] = (workdir / "outputs" / "full_minilm_banking77_intents").iterdir()
     capsys.readouterr()
     changed = args_for(tiny_bert, intent_data, "trainer.max_epochs=1", "optim.lr=2e-3")
     assert cli.main([*changed, f"resume={folder}"]) == 2
@@ -227,7 +227,7 @@ def test_sigterm_saves_exits_143_marks_killed_and_says_how_to_resume(
     assert "Traceback" not in err
     [run] = runs(tmp_path)
     assert run.info.status == "KILLED"
-    [folder] = (tmp_path / "outputs" / "full_minilm_banking77").iterdir()
+    [folder] = (tmp_path / "outputs" / "full_minilm_banking77_intents").iterdir()
     assert resume.read_state(folder)["status"] == "killed"
     assert (folder / resume.CHECKPOINT).is_file()
 

@@ -28,7 +28,7 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, intent_d
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
     [experiment] = [e for e in client.search_experiments() if e.name == "intents"]
     [run] = client.search_runs([experiment.experiment_id])
-    [run_dir] = (folder / "outputs" / "quickstart").iterdir()
+    [run_dir] = (folder / "outputs" / "quickstart_intents").iterdir()
     return client, run, run_dir
 
 
@@ -77,7 +77,7 @@ def test_runs_table_answers_at_a_glance(lora_run, tiny_bert):
     """Readable name and model tag, few params, dataset inputs, a description, bar metrics."""
     client, run, _ = lora_run
     params, tags = run.data.params, run.data.tags
-    assert run.info.run_name == "lora r=16 lr=5e-3 epochs=2"  # quickstart trains 1 epoch
+    assert run.info.run_name == "lora r=16 lr=5e-3 epochs=2 on intents"  # 1 epoch, BANKING77
     assert tags["model"] == tiny_bert.name
     assert len(params) <= 40 and not [k for k in params if "_target_" in k]
     assert "trainer.enable_progress_bar" not in params and "data.root" not in params

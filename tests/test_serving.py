@@ -34,7 +34,7 @@ def quickstart(folder: Path, model: Path, intent_data: Path, *extra: str) -> tup
         assert cli.main([*args, "logger.register_as=intents"]) == 0
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    [run_dir] = (folder / "outputs" / "quickstart").iterdir()
+    [run_dir] = (folder / "outputs" / "quickstart_intents").iterdir()
     return folder, run.info.run_id, run_dir / "export"
 
 
@@ -218,7 +218,7 @@ def test_served_decoder_generates_like_in_process(tmp_path_factory: pytest.TempP
         assert cli.main(["experiment=lora_tiny_mistral", *overrides]) == 0
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    [run_dir] = (folder / "outputs" / "lora_tiny_mistral").iterdir()
+    [run_dir] = (folder / "outputs" / "lora_tiny_mistral_qa").iterdir()
     rows = [{"instruction": "What is diabetes ?", "input": "about the liver"}]
     rows.append({"instruction": "How to treat migraine ?", "input": ""})
     expected = in_process(run_dir / "export", rows, max_new_tokens=8)

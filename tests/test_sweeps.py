@@ -81,7 +81,7 @@ def test_sweep_prunes_survives_nan_and_records_everything(
     )
     assert cli.main(args) == 0
 
-    study = load("full_minilm_banking77_full_lr")
+    study = load("full_minilm_banking77_intents_full_lr")
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED]
     good, nan, _, hopeless = study.trials
@@ -92,7 +92,7 @@ def test_sweep_prunes_survives_nan_and_records_everything(
     assert hopeless.user_attrs["train_steps"] == 2 * steps_per_epoch
     assert study.best_trial.params["optim.lr"] in (GOOD, GOOD_TOO)
     assert len({t.user_attrs["mlflow_run_id"] for t in study.trials}) == 4
-    study_dir = workdir / "outputs/full_minilm_banking77" / study.study_name
+    study_dir = workdir / "outputs/full_minilm_banking77_intents" / study.study_name
     trial_dirs = sorted(p.name for p in study_dir.glob("trial_*"))
     assert trial_dirs == ["trial_0", "trial_2", "trial_3"]  # NaN at step 1: nothing kept
 

@@ -167,11 +167,12 @@ def _recipe_data(recipe: str) -> str | None:
 
 
 def file_runs_under_their_data(cfg: DictConfig, args: list[str]) -> None:
-    """File a run on data other than its recipe's in an MLflow experiment named after the data.
+    """Name and file a run on data other than its recipe's after that data.
 
     `experiment=quickstart data=text_classification data.path=tickets.csv` is filed in the
-    experiment `tickets`, apart from the recipe's own BANKING77 runs (in `tunelab`); a
-    `logger.experiment_name=` on the command line wins.
+    MLflow experiment `tickets`, apart from the recipe's own BANKING77 runs (in `tunelab`), and
+    its folders (and resume key) are `<output_root>/quickstart_tickets/`. A
+    `logger.experiment_name=` or `name=` on the command line wins.
     """
     given = {arg.split("=", 1)[0].lstrip("+~") for arg in args if "=" in arg}
     chosen = dict(arg.split("=", 1) for arg in args if arg.startswith(("experiment=", "data=")))
@@ -184,6 +185,8 @@ def file_runs_under_their_data(cfg: DictConfig, args: list[str]) -> None:
     path = OmegaConf.select(cfg, "data.path", default=None, throw_on_missing=False)
     label = Path(str(path)).stem if path else str(OmegaConf.select(cfg, "data.name"))
     logger.experiment_name = re.sub(r"[^\w.\-]+", "_", label).strip("_.-") or "data"
+    if "name" not in given:  # its own folder and resume key: `quickstart_tickets`
+        cfg.name = f"{cfg.name}_{logger.experiment_name}"
 
 
 def compose(args: list[str], problems: list[str] | None = None) -> DictConfig:

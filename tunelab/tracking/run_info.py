@@ -132,10 +132,32 @@ def recipe_params(experiment: str) -> dict[str, Any] | None:
         return None
 
 
+def split_recipe(name: str) -> tuple[str, str | None]:
+    """`quickstart_tickets` -> (`quickstart`, `tickets`): the recipe a run's name starts with.
+
+    A run on data other than its recipe's is named `<recipe>_<data>`; other names come back
+    whole, with no data label.
+    """
+    from tunelab.config.compose import available
+
+    recipes = available("experiment")
+    if name in recipes:
+        return name, None
+    prefixes = [recipe for recipe in recipes if name.startswith(f"{recipe}_")]
+    if not prefixes:
+        return name, None
+    recipe = max(prefixes, key=len)
+    return recipe, name[len(recipe) + 1 :]
+
+
 def run_name(resolved: dict[str, Any]) -> str:
-    """`lora r=16 lr=3e-4`: the method, its rank and lr, and every hyperparameter overridden."""
+    """`lora r=16 lr=3e-4`: the method, its rank and lr, and every hyperparameter overridden.
+
+    A run on data other than its recipe's ends `on <data>` (`lora r=16 lr=5e-3 on tickets`).
+    """
     flat = flatten(resolved)
-    recipe = recipe_params(str(resolved["name"])) or {}
+    recipe_name, data_label = split_recipe(str(resolved["name"]))
+    recipe = recipe_params(recipe_name) or {}
     same_method = recipe.get("method.name") == flat["method.name"]
     keys = [k for k in NAME_KEYS if k in flat]
     for key, value in flat.items():
@@ -145,6 +167,7 @@ def run_name(resolved: dict[str, Any]) -> str:
             keys.append(key)
     parts = [str(flat["method.name"])]
     parts += [f"{SHORT.get(k, k.rsplit('.', 1)[-1])}={_short(flat[k])}" for k in keys[:6]]
+    parts += [f"on {data_label}"] if data_label else []
     return " ".join(parts)
 
 

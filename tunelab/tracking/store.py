@@ -12,7 +12,7 @@ from tunelab.base.ranks import is_rank_zero
 from tunelab.base.services import absolute_uri
 from tunelab.config.compose import REPO_ROOT
 from tunelab.tracking.run_info import flatten as flatten  # re-exported: sweeps, resume use it
-from tunelab.tracking.run_info import model_name, run_name
+from tunelab.tracking.run_info import model_name, run_name, split_recipe
 
 
 def git_commit() -> str:
@@ -39,7 +39,7 @@ def run_tags(resolved: dict[str, Any]) -> dict[str, str]:
         "method": resolved["method"]["name"],
         "model": model_name(str(resolved["model"]["name_or_path"])),
         "dataset": resolved["data"]["name"],
-        "experiment": resolved["name"],
+        "experiment": split_recipe(str(resolved["name"]))[0],  # the recipe, whatever the data
         "git_commit": commit,
         "mlflow.source.git.commit": commit.removesuffix("-dirty"),
     }
