@@ -262,7 +262,10 @@ def main() -> None:
             time_interleaved(variants, rows, args)
             groups.append(("accuracy" if truth else "agreement with fp32", variants))
         run_id = log_mlflow(groups, args)
-    report = [f"# Deployment table\n\nMachine: {machine()}; MLflow parent run {run_id}.\n"]
+    command = " ".join(["python", "benchmarks/deploy.py", *sys.argv[1:]])
+    when = time.strftime("%Y-%m-%d %H:%M")
+    report = [f"# Deployment table\n\n{when}, {machine()}; MLflow parent run {run_id}.\n"]
+    report[0] += f"\n`{command}`\n"
     report += [table(variants, quality) for quality, variants in groups]
     print("\n\n".join(report))
     if not args.smoke:

@@ -181,6 +181,7 @@ def test_the_deployment_table_builds_scores_times_and_logs_every_variant(
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "deploy.py"
     spec = importlib.util.spec_from_file_location("deploy", script)
     deploy = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "deploy", deploy)  # its dataclass looks its module up
     spec.loader.exec_module(deploy)
     store = f"sqlite:///{tmp_path / 'deploy.db'}"
     argv = ["deploy.py", "--smoke", "--classifier", str(run_dir), "--tracking-uri", store]

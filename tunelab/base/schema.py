@@ -143,7 +143,8 @@ class TrainerConfig(Strict):
         limit_val_batches: validation batches (int: batches, float: share; 0 skips validation).
         limit_test_batches: test batches (int: batches, float: share; 0 leaves test unread).
         fast_dev_run: run 1 (or n) batches of each stage, as a smoke test.
-        deterministic: ask torch for deterministic algorithms.
+        deterministic: ask torch for deterministic algorithms (for GPUs: on a CPU a run is
+            repeatable without it at a fixed thread count).
         enable_progress_bar: show Lightning's progress bar.
     """
 
