@@ -72,7 +72,7 @@ def intent_texts(intent_data: Path) -> list[str]:
 
 
 def test_onnx_int8_predicts_like_the_pytorch_model(
-    quickstart_run, onnx_int8, intent_data, tmp_path
+    quickstart_run, onnx_int8, intent_data, tmp_path, capsys
 ):
     folder, run_dir, run_id = quickstart_run
     info = json.loads((onnx_int8 / "model_info.json").read_text())
@@ -89,8 +89,10 @@ def test_onnx_int8_predicts_like_the_pytorch_model(
         assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=0.1)
     # the same export, logged as a model of the run, predicts the same through the MLflow store
     store = f"sqlite:///{folder}/mlflow.db"
+    capsys.readouterr()
     logged = predict_file(f"runs:/{run_id}/model_onnx_int8", texts, tmp_path, store)
     assert [r["label"] for r in logged] == [r["label"] for r in onnx]
+    assert "Downloading artifacts" not in capsys.readouterr().err  # no bar in a log
     experiments = [e.experiment_id for e in MlflowClient(store).search_experiments()]
     models = MlflowClient(store).search_logged_models(experiment_ids=experiments)
     assert {m.name for m in models} >= {"model", "model_onnx_int8"}

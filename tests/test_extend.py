@@ -108,7 +108,7 @@ def test_a_new_task_kind_needs_one_py_one_yaml_and_a_recipe(tmp_path, tiny_bert,
     client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.data.params["task.name"] == "my_intents" and "test/acc" in run.data.metrics
-    [run_dir] = (repo / "outputs" / "my_intents").iterdir()
+    [run_dir] = (repo / "outputs" / "my_intents_intents").iterdir()  # named after its data
     info = json.loads((run_dir / "export" / "model_info.json").read_text())
     assert info["task"]["_target_"] == "tasks.my_intents.MyIntents"
 

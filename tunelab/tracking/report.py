@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from tunelab.base.schema import RunConfig
 
@@ -11,6 +12,8 @@ from tunelab.base.schema import RunConfig
 def quiet_libraries() -> None:
     """Keep the terminal for the progress bar and the summary, not library chatter."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stderr.isatty():  # a log file: MLflow's download bar would write a line per file
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import datasets
     import transformers
 
