@@ -32,6 +32,7 @@ def copy_renamed(repo: Path, source: str, target: str, names: dict[str, str]) ->
     (repo / target).write_text(text)
 
 
+@pytest.mark.slow  # over 10 s: the default run stays under 10 minutes
 def test_a_new_method_and_dataset_need_one_py_and_one_yaml_each(tmp_path, tiny_bert, intent_data):
     repo = tmp_path / "repo"
     shutil.copytree(REPO, repo, ignore=IGNORE)

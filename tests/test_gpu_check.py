@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 
@@ -26,6 +28,7 @@ def test_skips_without_gpu():
     assert lines == ["gpu_check: skipped: no CUDA GPU (torch.cuda.is_available() is False)"]
 
 
+@pytest.mark.slow  # over 10 s: the default run stays under 10 minutes
 def test_smoke_runs_on_cpu(tmp_path):
     out = tmp_path / "results.json"
     proc = run_script("--smoke", "--models", "mistral", "--out", str(out), timeout=60)

@@ -115,6 +115,7 @@ def test_auroc_ranks_raw_scores_of_any_scale():
     assert outofscope.auroc(torch.tensor([5.0, 5.0, 5.0, 5.0]), is_oos) == 0.5
 
 
+@pytest.mark.slow  # over 10 s: the default run stays under 10 minutes
 def test_an_onnx_export_carries_an_msp_detector_and_refuses_mahalanobis(detected, tmp_path, capsys):
     import shutil
 

@@ -73,6 +73,7 @@ def load(name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage="sqlite:///optuna.db")
 
 
+@pytest.mark.slow  # over 10 s: the default run stays under 10 minutes
 def test_sweep_prunes_survives_nan_and_records_everything(
     workdir: Path, tiny_bert: Path, intent_data: Path, sabotage: None, monkeypatch
 ):
@@ -144,6 +145,7 @@ def test_sweep_prunes_survives_nan_and_records_everything(
     assert reproduced | {"sweep": None} == expected | {"sweep": None}
 
 
+@pytest.mark.slow  # over 10 s: the default run stays under 10 minutes
 def test_interrupted_sweep_resumes_with_continuing_trial_numbers(
     workdir: Path, tiny_bert: Path, intent_data: Path, sabotage: None
 ):
@@ -170,6 +172,7 @@ def test_interrupted_sweep_resumes_with_continuing_trial_numbers(
     assert len(child_runs(client, parent_id)) == 4
 
 
+@pytest.mark.slow  # over 10 s: the default run stays under 10 minutes
 def test_two_workers_started_together_share_one_study_and_one_parent_run(
     workdir: Path, tiny_bert: Path, intent_data: Path
 ):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import tiny_overrides
 from mlflow import MlflowClient
 
@@ -21,6 +22,7 @@ def run_script(run_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # over 10 s: the default run stays under 10 minutes
 def test_the_chosen_candidate_is_tested_once_into_its_own_run(workdir, tiny_bert, intent_data):
     args = tiny_overrides(tiny_bert, intent_data, "trainer.limit_test_batches=0")
     _cfg, run = load_config([*args, "export.save_model=false", "logger.log_model=false"])

@@ -70,6 +70,7 @@ FIELDS = ["limit_train_batches", "limit_val_batches", "limit_test_batches", "val
 
 @pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("field", FIELDS)
+@pytest.mark.slow  # over 10 s: the default run stays under 10 minutes
 def test_an_int_counts_batches_and_a_float_is_a_share(workdir, tiny_bert, intent_data, field):
     one, _ = run_with(workdir, tiny_bert, intent_data, f"trainer.{field}=1")
     whole, _ = run_with(workdir, tiny_bert, intent_data, f"trainer.{field}=1.0")
