@@ -25,6 +25,9 @@ from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the repo is run from its root, not installed
+from benchmarks.first_step import cpu_model  # noqa: E402
+
 QUIET = [
     "trainer.limit_val_batches=8",  # 256 validation rows: enough to see two runs part
     "trainer.limit_test_batches=0",
@@ -77,11 +80,8 @@ def largest_gap(first: dict, second: dict) -> float:
 
 def report(runs: list[dict], args: argparse.Namespace) -> str:
     """The Markdown section: one row per run, then what matched."""
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    names = [ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln]
-    model = names[0] if names else ""
     lines = [
-        f"## {datetime.now():%Y-%m-%d %H:%M}, {model}, {os.cpu_count()} cores",
+        f"## {datetime.now():%Y-%m-%d %H:%M}, {cpu_model()}, {os.cpu_count()} cores",
         "",
         f"`python benchmarks/determinism.py --recipe {args.recipe} --steps {args.steps}`",
         "",

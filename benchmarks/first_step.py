@@ -91,12 +91,18 @@ def measure(recipe: str, runs: int, cold: bool, scratch: Path) -> dict:
     return {"recipe": recipe, "firsts": firsts, "walls": walls}
 
 
-def machine() -> str:
-    """CPU model, core count and date of this machine, one markdown line."""
+def cpu_model() -> str:
+    """The CPU's model name as `lscpu` gives it ("?" when it gives none)."""
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     names = [line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line]
-    model = names[0] if names else "?"
-    return f"Machine: {model}, {os.cpu_count()} cores; first measured {datetime.now():%Y-%m-%d}."
+    return names[0] if names else "?"
+
+
+def machine() -> str:
+    """CPU model, core count and date of this machine, one markdown line."""
+    return (
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores; first measured {datetime.now():%Y-%m-%d}."
+    )
 
 
 def header() -> str:
