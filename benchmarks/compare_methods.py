@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -29,9 +28,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from benchmarks.first_step import cpu_model  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results"
-COLUMNS = ["method", "lr", "test_acc", "test_f1", "trainable_params", "total_params"]
-COLUMNS += ["trainable_pct", "peak_rss_mb", "train_samples_per_s", "wall_time_s", "run_id"]
+NUMBERS = ["lr", "val_acc", "test_acc", "test_f1", "trainable_params", "total_params"]
+NUMBERS += ["trainable_pct", "peak_rss_mb", "train_samples_per_s", "wall_time_s"]
+COLUMNS = ["method", "precision", *NUMBERS, "run_id"]
 
 
 def order(method: str) -> tuple[int, str]:
@@ -102,9 +104,13 @@ def run_child(method: str, args: argparse.Namespace) -> dict:
     client = MlflowClient(absolute_uri(run.logger.tracking_uri))
     client.log_metric(result.run_id, "bench/peak_rss_mb", peak_mb)
     client.log_metric(result.run_id, "bench/train_samples_per_s", speed)
+    history = client.get_metric_history(result.run_id, "val/acc")
+    params = client.get_run(result.run_id).data.params
     return {
         "method": method,
+        "precision": params.get("trainer.precision_used", run.trainer.precision),
         "lr": run.optim.lr,
+        "val_acc": max((m.value for m in history), default=float("nan")),
         "test_acc": result.metrics["test/acc"],
         "test_f1": result.metrics["test/f1"],
         "trainable_params": result.trainable_params,
@@ -156,22 +162,23 @@ def write_table(rows: list[dict], args: argparse.Namespace, command: str) -> Non
         "# Fine-tuning methods on BANKING77 (all-MiniLM-L6-v2)",
         "",
         f"- Budget: {budget_line(args)}. Test set: the official 3,080 rows.",
-        f"- Machine: {os.cpu_count()} CPU cores, no GPU, "
-        f"{platform.processor() or platform.machine()}, fp32, "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.",
+        f"- Machine: {cpu_model()}, {os.cpu_count()} CPU cores, no GPU, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; precision: each "
+        "recipe's (`auto` resolves to bf16-mixed on a CPU with fast bf16, else 32-true).",
         f"- Command(s): {command}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
         "MLflow experiment `compare_methods`.",
         "- Speed columns (train samples/s: training batches only; wall time: whole run) depend "
         "on the other jobs sharing the CPU at the time; compare them only within one invocation.",
         "",
-        "| method | lr | test acc | macro-F1 | trainable params | % | peak RSS (MB) "
-        "| train samples/s | wall time (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | lr | precision | best val acc | test acc | macro-F1 | trainable params | % "
+        "| peak RSS (MB) | train samples/s | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['lr']:g} | {100 * r['test_acc']:.2f}% "
+            f"| {r['method']} | {r['lr']:g} | {r['precision']} | {100 * r['val_acc']:.2f}% "
+            f"| {100 * r['test_acc']:.2f}% "
             f"| {100 * r['test_f1']:.2f}% | {int(r['trainable_params']):,} "
             f"| {r['trainable_pct']:.2f} | {r['peak_rss_mb']:.0f} "
             f"| {r['train_samples_per_s']:.1f} | {r['wall_time_s']:.0f} |"
@@ -197,7 +204,7 @@ def previous_rows(args: argparse.Namespace) -> list[dict]:
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
-        for key in COLUMNS[1:-1]:
+        for key in NUMBERS:
             row[key] = float(row[key])
     return rows
 

@@ -57,19 +57,32 @@ class OutOfScopeDetection(L.Callback):
     """Fit, choose and test out-of-scope detectors on the best checkpoint.
 
     Args:
-        detector: the detector that travels with the model; `auto` takes the kind with the
-            best in-scope accuracy + OOS recall on validation.
+        detector: the detector that travels with the model; `auto` takes the kind whose
+            threshold ranks best on validation.
+        in_scope_drop: None (default) chooses thresholds by in-scope accuracy + OOS recall on
+            validation; a fraction (0.005) chooses the highest OOS recall whose validation
+            in-scope accuracy stays within it of the extra class alone's.
     """
 
-    def __init__(self, detector: Literal["auto", "msp", "energy", "mahalanobis"] = "auto"):
+    def __init__(
+        self,
+        detector: Literal["auto", "msp", "energy", "mahalanobis"] = "auto",
+        in_scope_drop: float | None = None,
+    ):
+        problems = []
         if detector != "auto" and detector not in outofscope.KINDS:
-            raise ConfigError(
-                [
-                    f"callbacks: OutOfScopeDetection detector={detector!r}; use auto, msp, "
-                    "energy or mahalanobis"
-                ]
+            problems.append(
+                f"callbacks: OutOfScopeDetection detector={detector!r}; use auto, msp, energy "
+                "or mahalanobis"
             )
-        self.detector = detector
+        if in_scope_drop is not None and not 0 <= in_scope_drop < 1:
+            problems.append(
+                f"callbacks: OutOfScopeDetection in_scope_drop={in_scope_drop}; use a fraction "
+                "in [0, 1) (0.005: half a point of in-scope accuracy), or null for the sum rule"
+            )
+        if problems:
+            raise ConfigError(problems)
+        self.detector, self.in_scope_drop = detector, in_scope_drop
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -95,11 +108,13 @@ class OutOfScopeDetection(L.Callback):
             detector = outofscope.Detector(kind, 0.0, name, oos, means=means, precision=precision)
             if kind != "mahalanobis":
                 detector.means = detector.precision = None
-            fitted[kind] = outofscope.choose_threshold(detector, *val)
+            fitted[kind] = outofscope.choose_threshold(detector, *val, self.in_scope_drop)
             logs |= {f"test/oos_{kind}_{k}": v for k, v in self.score(fitted[kind], test).items()}
         chosen = self.detector
         if chosen == "auto":
-            chosen = max(fitted, key=lambda k: sum(fitted[k].validation.values()))
+            chosen = max(
+                fitted, key=lambda k: outofscope.rank(fitted[k].validation, self.in_scope_drop)
+            )
         logs |= {
             f"test/oos_detect_{k.split('_', 2)[-1]}": v
             for k, v in logs.items()

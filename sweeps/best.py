@@ -9,6 +9,7 @@ best trial's MLflow Model is registered and the alias `champion` points at it.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import optuna
@@ -95,10 +96,35 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def lost_race(err: Exception) -> bool:
+    """Whether an MLflow write failed because another writer inserted the same row first."""
+    text = str(err)
+    return any(s in text for s in ("duplicate key", "UniqueViolation", "UNIQUE constraint"))
+
+
 def finish_parent(
     client: MlflowClient, run: RunConfig, parent_id: str, study: Any, status: str
 ) -> None:
-    """Tags, best trial's metrics and link; a FINISHED study also registers its champion."""
+    """Tags, best trial's metrics and link; a FINISHED study also registers its champion.
+
+    Workers that end a sweep together write the same tags at once; on a database server the
+    second INSERT of a tag loses (unique key) and MLflow answers BAD_REQUEST. The writes are
+    idempotent, so they are made again, when the rows exist and become updates.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(3):
+        try:
+            return _finish_parent(client, run, parent_id, study, status)
+        except MlflowException as err:
+            if attempt == 2 or not lost_race(err):
+                raise
+            time.sleep(1 + attempt)
+
+
+def _finish_parent(
+    client: MlflowClient, run: RunConfig, parent_id: str, study: Any, status: str
+) -> None:
     for key, value in bookkeeping_tags(study, trial_counts(study)).items():
         client.set_tag(parent_id, key, value)
     child_id = carry_best(client, parent_id, study)

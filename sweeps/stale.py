@@ -30,9 +30,11 @@ log = logging.getLogger(__name__)
 
 
 def kill_child_run(tracking_uri: str, trial: FrozenTrial, reason: str) -> bool:
-    """End a dead trial's MLflow child run KILLED if it is still RUNNING; whether it was.
+    """End a dead trial's MLflow child run KILLED unless it already ended so; whether it did.
 
-    Best effort: with the tracking server unreachable the run is left for the trial's rerun
+    A worker killed after its run closed FINISHED but before Optuna recorded the trial leaves a
+    FINISHED run of a FAIL trial: it is marked KILLED too, so MLflow and Optuna agree. Best
+    effort: with the tracking server unreachable the run is left for the trial's rerun
     (`close_dead_trial`) and the sweep goes on.
     """
     from mlflow.exceptions import MlflowException
@@ -42,7 +44,7 @@ def kill_child_run(tracking_uri: str, trial: FrozenTrial, reason: str) -> bool:
         return False
     client = MlflowClient(absolute_uri(tracking_uri))
     try:
-        if client.get_run(run_id).info.status != "RUNNING":
+        if client.get_run(run_id).info.status in ("KILLED", "FAILED"):
             return False
         client.set_tag(run_id, "state", "failed")
         client.set_tag(run_id, "fail_reason", reason)

@@ -114,3 +114,31 @@ def test_rdrop_adds_the_symmetric_kl_of_two_dropout_passes(tiny_bert: Path):
     outputs = task.forward(model, batch)
     assert "rdrop_logits" not in outputs
     assert task.loss(outputs, batch).item() == pytest.approx(outputs.loss.item())
+
+
+def test_pairs_are_half_same_label_and_every_row_is_paired():
+    from callbacks.contrastive_warmup import draw_pairs
+
+    labels = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    pairs = draw_pairs(labels, pairs_per_row=3, seed=0)
+    assert len(pairs) == 2 * 3 * len(labels) and pairs[:, 2].sum() == 3 * len(labels)
+    for first, second, same in pairs:
+        assert (labels[first] == labels[second]) == bool(same)
+    assert sorted(set(pairs[:, 0])) == list(range(len(labels)))
+
+
+def test_contrastive_warmup_pulls_same_label_pairs_together_before_training(
+    tiny_bert: Path, intent_data: Path, tmp_path: Path
+):
+    """The probe pairs' loss falls during the warm-up; the run then trains and tests as usual."""
+    from conftest import trained
+
+    warmup = "+callbacks=[{_target_: callbacks.contrastive_warmup.ContrastiveWarmup, lr: 1e-3, pairs_per_row: 4}]"
+    args = [*tiny_overrides(tiny_bert, intent_data), "method=full", "task.pooling=mean", warmup]
+    run, run_dir = trained(tmp_path, [*args, "trainer.max_epochs=1"], "warm")
+    start, end = (
+        run.data.metrics["warmup/pair_loss_start"],
+        run.data.metrics["warmup/pair_loss_end"],
+    )
+    assert end < 0.7 * start
+    assert json.loads((run_dir / "test_metrics.json").read_text())["test/loss"] > 0

@@ -48,6 +48,35 @@ def test_threshold_maximises_in_scope_accuracy_plus_recall_on_the_rows_given():
     assert energy.tolist() == pytest.approx((-logits[:, 0]).tolist())  # one in-scope logit
 
 
+def test_held_in_scope_rule_takes_the_most_recall_that_costs_at_most_the_drop():
+    # class 2 is out of scope. In scope: 8 rows confident, rows 8-9 right but unsure (margins
+    # 0.2, 0.25). Out of scope: row 10 very unsure (0.1), rows 11-12 less unsure than rows 8-9.
+    margins = [5.0] * 8 + [0.2, 0.25, 0.1, 0.3, 0.3]
+    logits = torch.tensor([[m, 0.0, -9.0] for m in margins])
+    labels = torch.tensor([0] * 10 + [2] * 3)
+
+    def choose(in_scope_drop: float | None) -> Detector:
+        detector = Detector("msp", 0.0, "oos", 2)
+        return outofscope.choose_threshold(detector, logits, None, labels, in_scope_drop)
+
+    by_sum = choose(None).validation  # all recall for two in-scope rows (1.8 > 1.33)
+    assert (by_sum["in_scope_acc"], by_sum["recall"]) == pytest.approx((0.8, 1.0))
+    held = choose(0.1)  # losing rows 8-9 costs 0.2: only row 10 is flagged
+    assert (held.validation["in_scope_acc"], held.validation["recall"]) == pytest.approx((1, 1 / 3))
+    assert held.flags(logits, None).tolist() == [False] * 10 + [True, False, False]
+    wider = choose(0.2).validation
+    assert (wider["in_scope_acc"], wider["recall"]) == pytest.approx((0.8, 1.0))
+
+
+def test_a_bad_threshold_rule_is_refused_with_every_problem():
+    from callbacks.out_of_scope import OutOfScopeDetection
+    from tunelab.base.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        OutOfScopeDetection(detector="knn", in_scope_drop=5)
+    assert "detector='knn'" in str(err.value) and "in_scope_drop=5" in str(err.value)
+
+
 def test_a_detector_saves_and_reads_back_identically(tmp_path: Path):
     means, precision = torch.randn(3, 4), torch.eye(4)
     detector = Detector("mahalanobis", 1.5, "oos", 3, {"recall": 0.5}, means, precision)

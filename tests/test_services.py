@@ -137,6 +137,16 @@ def wait_for_running_trial(
     raise AssertionError("no trial started training")
 
 
+def wait_for_tags(run_id: str, timeout: float = 60) -> None:
+    """Until a trial's child run carries its `trial` tag (set right after training starts)."""
+    from mlflow import MlflowClient
+
+    client, deadline = MlflowClient(MLFLOW), time.time() + timeout
+    while "trial" not in client.get_run(run_id).data.tags:
+        assert time.time() < deadline, f"run {run_id} got no trial tag"
+        time.sleep(0.2)
+
+
 def test_a_killed_workers_trial_is_failed_by_heartbeat_and_rerun(
     workdir: Path, tiny_bert: Path, intent_data: Path
 ):
@@ -150,7 +160,7 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_rerun(
     ]
     doomed = worker(tiny_bert, intent_data, workdir, *extra, remote=True)
     killed = wait_for_running_trial(study_name, doomed)
-    time.sleep(2)  # its child run gets its tags right after
+    wait_for_tags(killed.user_attrs["mlflow_run_id"])
     os.killpg(doomed.pid, signal.SIGKILL)
     doomed.wait(timeout=60)
     time.sleep(4)  # past the grace period: the trial's heartbeat is stale
@@ -166,8 +176,9 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_rerun(
     assert reruns[0].params == killed.params
     assert all(t.state == TrialState.COMPLETE for t in trials if t.number != killed.number)
     # Killed after its first checkpoint, the dead attempt is continued by its rerun (folder,
-    # checkpoint and MLflow child run, closed FINISHED); killed before it, the rerun starts over
-    # and the dead attempt's child run is closed KILLED. Either way nothing is left RUNNING.
+    # checkpoint and MLflow child run, closed FINISHED); killed before it (or after its run
+    # closed but before Optuna recorded the trial), the rerun starts over and the dead attempt's
+    # child run ends KILLED. Either way nothing is left RUNNING.
     assert [t.number for t in trials] == list(range(len(trials)))
     parents, children = runs_of(experiment)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

@@ -306,3 +306,32 @@ def test_two_local_workers_each_get_half_the_cores():
         assert 1 <= threads <= max(1, cores // 2)  # not one thread per core each
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_worker_that_loses_the_race_to_tag_the_parent_writes_again(tmp_path: Path):
+    """Two workers ending one sweep tag its parent at once; the loser's INSERT is made again."""
+    from mlflow.exceptions import MlflowException
+
+    from sweeps.best import finish_parent
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = client.create_run(client.create_experiment("race")).info.run_id
+    study = optuna.create_study()
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    raced = []
+
+    class Raced(MlflowClient):  # the other worker's INSERT lands between our SELECT and INSERT
+        def set_tag(self, run_id, key, value, **kwargs):
+            if not raced:
+                raced.append(key)
+                raise MlflowException(
+                    '(psycopg.errors.UniqueViolation) duplicate key value violates unique '
+                    f'constraint "tag_pk" DETAIL: Key (key, run_uuid)=({key}, {run_id})'
+                )
+            return super().set_tag(run_id, key, value, **kwargs)
+
+    finish_parent(Raced(client.tracking_uri), None, parent, study, "FINISHED")
+    assert raced == ["sweep.trials.complete"]
+    assert client.get_run(parent).data.tags["sweep.trials.complete"] == "2"
+    with pytest.raises(MlflowException, match="RESOURCE|not found|No Run"):
+        finish_parent(client, None, "0" * 32, study, "FINISHED")  # other errors are not retried

@@ -209,6 +209,29 @@ def test_writes_queued_while_the_server_refuses_arrive_in_order_with_their_value
 
 
 @pytest.mark.slow
+def test_a_run_created_while_the_server_is_down_waits_for_it(
+    server: Server, caplog: pytest.LogCaptureFixture
+):
+    """A trial's child run cannot wait in an outbox: its creation is tried again until it works."""
+    import threading
+
+    from mlflow.exceptions import MlflowException
+
+    from tunelab.tracking.store import when_back
+
+    client = MlflowClient(server.url)
+    experiment = client.create_experiment("down_at_start")
+    server.stop()
+    threading.Timer(2, server.start).start()  # back after the first try failed
+    run = when_back(lambda: client.create_run(experiment, run_name="trial"), "creating the run")
+    assert client.get_run(run.info.run_id).info.run_name == "trial"
+    assert "MLflow server unreachable while creating the run" in caplog.text
+    server.stop()
+    with pytest.raises(MlflowException):  # an outage longer than the patience is raised
+        when_back(lambda: client.create_run(experiment), "creating the run", patience=1)
+
+
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_a_sweep_worker_rides_out_a_tracking_server_outage(
     workdir: Path, tiny_bert: Path, intent_data: Path, server: Server, monkeypatch

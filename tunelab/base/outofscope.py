@@ -12,9 +12,11 @@ the in-scope intents, and a threshold above which the answer is `oos` whatever c
   split (Lee et al. 2018; Podolskiy et al. 2021 on intent classifiers).
 
 The threshold is the one that maximises in-scope accuracy plus out-of-scope recall on the
-validation split (the two numbers of Larson et al.). The fitted detector is saved beside the
-exported model (`out_of_scope.json`, and `out_of_scope.safetensors` for the Mahalanobis
-statistics) so that every way of predicting answers `oos` the same way.
+validation split (the two numbers of Larson et al.), or, with `in_scope_drop`, the one with the
+highest recall that keeps in-scope accuracy within that much of the extra class alone. The
+fitted detector is saved beside the exported model (`out_of_scope.json`, and
+`out_of_scope.safetensors` for the Mahalanobis statistics) so that every way of predicting
+answers `oos` the same way.
 """
 
 from __future__ import annotations
@@ -168,23 +170,48 @@ def auroc(scores: torch.Tensor, is_oos: torch.Tensor) -> float:
     return float((above + 0.5 * ties) / (len(positive) * len(negative)))
 
 
+def rank(found: dict[str, float], in_scope_drop: float | None) -> tuple[float, ...]:
+    """How a threshold's validation scores rank (higher is better) under the rule in use.
+
+    Without `in_scope_drop`: in-scope accuracy + OOS recall (Larson et al.'s two numbers, each
+    weighted by its own row count). With it: OOS recall first, in-scope accuracy on ties.
+    """
+    if in_scope_drop is None:
+        return (found["in_scope_acc"] + found["recall"],)
+    return (found["recall"], found["in_scope_acc"])
+
+
 def choose_threshold(
-    detector: Detector, logits: torch.Tensor, features: Any, labels: torch.Tensor
+    detector: Detector,
+    logits: torch.Tensor,
+    features: Any,
+    labels: torch.Tensor,
+    in_scope_drop: float | None = None,
 ) -> Detector:
-    """Set the threshold that maximises in-scope accuracy + OOS recall on these rows."""
+    """Set the threshold that ranks best on these rows (see `rank`).
+
+    With `in_scope_drop`, only thresholds whose in-scope accuracy is at most that much below the
+    extra class alone's are eligible: the detector adds OOS recall and costs at most
+    `in_scope_drop` of in-scope accuracy (0.005: half a point). The highest candidate flags
+    nothing by score, so one threshold is always eligible.
+    """
     scores = detector.scores(logits, features)
     predicted, won = logits.argmax(dim=-1), logits.argmax(dim=-1) == detector.oos_index
+    floor = -1.0
+    if in_scope_drop is not None:
+        floor = measure(won, predicted, labels, detector.oos_index)["in_scope_acc"] - in_scope_drop
     candidates = torch.unique(scores)
     if len(candidates) > 2000:  # evenly spaced quantiles are as good and far fewer
         candidates = torch.quantile(scores, torch.linspace(0, 1, 2001))
-    best, chosen = -1.0, float(candidates.max())
+    best: tuple[float, ...] | None = None
     for threshold in candidates.tolist():
         found = measure(won | (scores > threshold), predicted, labels, detector.oos_index)
-        if found["in_scope_acc"] + found["recall"] > best:
-            best, chosen, detector.validation = (
-                found["in_scope_acc"] + found["recall"],
+        if found["in_scope_acc"] < floor - 1e-6:  # float32 means
+            continue
+        if best is None or rank(found, in_scope_drop) > best:
+            best, detector.threshold, detector.validation = (
+                rank(found, in_scope_drop),
                 threshold,
                 found,
             )
-    detector.threshold = chosen
     return detector

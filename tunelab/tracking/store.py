@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tunelab.base.ranks import is_rank_zero
 from tunelab.base.services import absolute_uri
 from tunelab.config.compose import REPO_ROOT
 from tunelab.tracking.run_info import flatten as flatten  # re-exported: sweeps, resume use it
 from tunelab.tracking.run_info import model_name, run_name, split_recipe
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def git_commit() -> str:
@@ -116,14 +121,13 @@ def make_logger(
     if run_id is not None and is_rank_zero():
         set_run_status(uri, run_id, "RUNNING")
     elif parent_run_id is not None:
-        client = MlflowClient(uri)
-        parent = client.get_run(parent_run_id)
-        run = client.create_run(
-            parent.info.experiment_id,
-            run_name=name,
-            tags=tags | {"mlflow.parentRunId": parent_run_id},
-        )
-        run_id = run.info.run_id
+        client, nested = MlflowClient(uri), tags | {"mlflow.parentRunId": parent_run_id}
+
+        def create() -> Any:
+            parent = client.get_run(parent_run_id)
+            return client.create_run(parent.info.experiment_id, run_name=name, tags=nested)
+
+        run_id = when_back(create, "creating the run").info.run_id
     with sqlite_lock(uri):  # its MlflowClient opens the store: on torchrun's other ranks too,
         return TunelabMLFlowLogger(  # which must not migrate a new SQLite file beside rank 0
             experiment_name=cfg["experiment_name"],
@@ -134,6 +138,27 @@ def make_logger(
             log_model=False,
             outbox=waiting,
         )
+
+
+def when_back(call: Callable[[], T], what: str, patience: float = 300.0) -> T:
+    """`call()`, made again while the tracking server is away, for up to `patience` seconds.
+
+    A write can wait in the outbox; creating a run cannot (its id is needed now). A server that
+    answers 5xx (its database restarting) or not at all is waited for, 5 s doubling to 60 s
+    between tries; other errors, and an outage longer than `patience`, are raised.
+    """
+    from tunelab.tracking.outbox import FIRST_WAIT, MAX_WAIT, unreachable
+
+    deadline, wait = time.monotonic() + patience, FIRST_WAIT
+    while True:
+        try:
+            return call()
+        except Exception as err:
+            if not unreachable(err) or time.monotonic() + wait > deadline:
+                raise
+            log.warning("MLflow server unreachable while %s; trying again in %.0f s", what, wait)
+            time.sleep(wait)
+            wait = min(2 * wait, MAX_WAIT)
 
 
 def ui_command(tracking_uri: str) -> str:
