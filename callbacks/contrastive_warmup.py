@@ -1,4 +1,4 @@
-"""A SetFit-style contrastive warm-up: the encoder learns the labels' geometry before the head.
+r"""A SetFit-style contrastive warm-up: the encoder learns the labels' geometry before the head.
 
 SetFit (Tunstall et al. 2022) first tunes a sentence encoder on pairs of training texts, pulling
 the vectors of same-label pairs together and pushing different-label pairs apart (cosine
@@ -9,7 +9,7 @@ classification head reads (BERT's pooled `[CLS]`, or the token mean under `task.
 through the parameters the method trains. The run's own training then fits the head (and goes on
 tuning the encoder) as configured.
 
-    python run.py experiment=freeze_minilm_banking77 \\
+    python run.py experiment=freeze_minilm_banking77 task.pooling=mean \
         '+callbacks=[{_target_: callbacks.contrastive_warmup.ContrastiveWarmup}]'
 
 Logged at step 0: `warmup/pair_loss_start` and `warmup/pair_loss_end`, the loss on the first

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +23,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 
 from sweeps.budget import retry_callback
+from tunelab.base.backoff import Backoff, again_while
 
 log = logging.getLogger(__name__)
 RETRY_FOR = 300.0  # s of retries before a storage call gives up (a restart takes seconds)
@@ -70,18 +70,13 @@ def connection_lost(err: BaseException) -> bool:
 
 def retry(call: Callable[[], T], what: str) -> T:
     """`call()`, retried with exponential backoff while the database is unreachable."""
-    deadline, wait = time.monotonic() + RETRY_FOR, FIRST_WAIT
-    while True:
-        try:
-            return call()
-        except Exception as err:
-            if not connection_lost(err) or time.monotonic() + wait > deadline:
-                raise
-            log.warning(
-                "database unreachable (%s); retrying %s in %.1f s", type(err).__name__, what, wait
-            )
-            time.sleep(wait)
-            wait = min(2 * wait, MAX_WAIT)
+
+    def warn(err: Exception, wait: float) -> None:
+        log.warning(
+            "database unreachable (%s); retrying %s in %.1f s", type(err).__name__, what, wait
+        )
+
+    return again_while(call, connection_lost, Backoff(FIRST_WAIT, MAX_WAIT, RETRY_FOR), warn)
 
 
 def _retrying(name: str) -> Callable[..., Any]:

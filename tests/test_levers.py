@@ -133,7 +133,8 @@ def test_contrastive_warmup_pulls_same_label_pairs_together_before_training(
     """The probe pairs' loss falls during the warm-up; the run then trains and tests as usual."""
     from conftest import trained
 
-    warmup = "+callbacks=[{_target_: callbacks.contrastive_warmup.ContrastiveWarmup, lr: 1e-3, pairs_per_row: 4}]"
+    target = "callbacks.contrastive_warmup.ContrastiveWarmup, lr: 1e-3, pairs_per_row: 4"
+    warmup = "+callbacks=[{_target_: " + target + "}]"
     args = [*tiny_overrides(tiny_bert, intent_data), "method=full", "task.pooling=mean", warmup]
     run, run_dir = trained(tmp_path, [*args, "trainer.max_epochs=1"], "warm")
     start, end = (

@@ -325,7 +325,7 @@ def test_a_worker_that_loses_the_race_to_tag_the_parent_writes_again(tmp_path: P
             if not raced:
                 raced.append(key)
                 raise MlflowException(
-                    '(psycopg.errors.UniqueViolation) duplicate key value violates unique '
+                    "(psycopg.errors.UniqueViolation) duplicate key value violates unique "
                     f'constraint "tag_pk" DETAIL: Key (key, run_uuid)=({key}, {run_id})'
                 )
             return super().set_tag(run_id, key, value, **kwargs)
@@ -333,5 +333,5 @@ def test_a_worker_that_loses_the_race_to_tag_the_parent_writes_again(tmp_path: P
     finish_parent(Raced(client.tracking_uri), None, parent, study, "FINISHED")
     assert raced == ["sweep.trials.complete"]
     assert client.get_run(parent).data.tags["sweep.trials.complete"] == "2"
-    with pytest.raises(MlflowException, match="RESOURCE|not found|No Run"):
+    with pytest.raises(MlflowException, match=r"RESOURCE|not found|No Run"):
         finish_parent(client, None, "0" * 32, study, "FINISHED")  # other errors are not retried

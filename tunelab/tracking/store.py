@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,18 +146,13 @@ def when_back(call: Callable[[], T], what: str, patience: float = 300.0) -> T:
     answers 5xx (its database restarting) or not at all is waited for, 5 s doubling to 60 s
     between tries; other errors, and an outage longer than `patience`, are raised.
     """
+    from tunelab.base.backoff import Backoff, again_while
     from tunelab.tracking.outbox import FIRST_WAIT, MAX_WAIT, unreachable
 
-    deadline, wait = time.monotonic() + patience, FIRST_WAIT
-    while True:
-        try:
-            return call()
-        except Exception as err:
-            if not unreachable(err) or time.monotonic() + wait > deadline:
-                raise
-            log.warning("MLflow server unreachable while %s; trying again in %.0f s", what, wait)
-            time.sleep(wait)
-            wait = min(2 * wait, MAX_WAIT)
+    def warn(err: Exception, wait: float) -> None:
+        log.warning("MLflow server unreachable while %s; trying again in %.0f s", what, wait)
+
+    return again_while(call, unreachable, Backoff(FIRST_WAIT, MAX_WAIT, patience), warn)
 
 
 def ui_command(tracking_uri: str) -> str:
