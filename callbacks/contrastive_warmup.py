@@ -27,6 +27,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from callbacks.limits import stoppable
@@ -83,12 +84,8 @@ class ContrastiveWarmup(L.Callback):
     def __init__(
         self, pairs_per_row: int = 1, lr: float = 2e-5, batch_size: int = 16, seed: int = 0
     ):
-        self.pairs_per_row, self.lr, self.batch_size, self.seed = (
-            pairs_per_row,
-            lr,
-            batch_size,
-            seed,
-        )
+        self.pairs_per_row, self.lr = pairs_per_row, lr
+        self.batch_size, self.seed = batch_size, seed
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -101,14 +98,20 @@ class ContrastiveWarmup(L.Callback):
         start = self.probe_loss(trainer, pl_module, probe)
         trainable = [p for p in pl_module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=self.lr)
+        rank_zero_info(
+            f"contrastive warm-up: {len(pairs):,} pairs in {len(batches):,} steps before the "
+            f"first epoch; pair loss {start:.4f}"
+        )
         pl_module.train()
-        for batch in stoppable(batches):
+        for step, batch in enumerate(stoppable(batches), start=1):
             optimizer.zero_grad(set_to_none=True)
-            loss = self.pair_loss(trainer, pl_module, batch)
-            loss.backward()
+            self.pair_loss(trainer, pl_module, batch).backward()
             optimizer.step()
+            if step % max(len(batches) // 4, 1) == 0 and step < len(batches):
+                rank_zero_info(f"contrastive warm-up: step {step:,}/{len(batches):,}")
         optimizer.zero_grad(set_to_none=True)
         end = self.probe_loss(trainer, pl_module, probe)
+        rank_zero_info(f"contrastive warm-up done: pair loss {start:.4f} -> {end:.4f}")
         pl_module.train()
         if trainer.logger is not None:
             metrics = {"warmup/pair_loss_start": start, "warmup/pair_loss_end": end}
