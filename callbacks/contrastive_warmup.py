@@ -19,6 +19,7 @@ again: its checkpoint holds the warmed-up weights.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,7 +28,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from callbacks.limits import stoppable
@@ -52,6 +53,12 @@ def draw_pairs(labels: list[int], pairs_per_row: int, seed: int) -> np.ndarray:
             pairs.append((row, other, 0))
     pairs = np.asarray(pairs)
     return pairs[rng.permutation(len(pairs))]
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    """One progress line on stderr (the warm-up runs before Lightning's progress bar starts)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -98,7 +105,7 @@ class ContrastiveWarmup(L.Callback):
         start = self.probe_loss(trainer, pl_module, probe)
         trainable = [p for p in pl_module.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=self.lr)
-        rank_zero_info(
+        say(
             f"contrastive warm-up: {len(pairs):,} pairs in {len(batches):,} steps before the "
             f"first epoch; pair loss {start:.4f}"
         )
@@ -108,10 +115,10 @@ class ContrastiveWarmup(L.Callback):
             self.pair_loss(trainer, pl_module, batch).backward()
             optimizer.step()
             if step % max(len(batches) // 4, 1) == 0 and step < len(batches):
-                rank_zero_info(f"contrastive warm-up: step {step:,}/{len(batches):,}")
+                say(f"contrastive warm-up: step {step:,}/{len(batches):,}")
         optimizer.zero_grad(set_to_none=True)
         end = self.probe_loss(trainer, pl_module, probe)
-        rank_zero_info(f"contrastive warm-up done: pair loss {start:.4f} -> {end:.4f}")
+        say(f"contrastive warm-up done: pair loss {start:.4f} -> {end:.4f}")
         pl_module.train()
         if trainer.logger is not None:
             metrics = {"warmup/pair_loss_start": start, "warmup/pair_loss_end": end}
