@@ -84,6 +84,13 @@ def test_a_prune_run_exports_an_ordinary_smaller_model(
     model = AutoModelForSequenceClassification.from_pretrained(export)
     assert model.config.intermediate_size == 48
     assert model.bert.encoder.layer[0].intermediate.dense.weight.shape == (48, 32)
+    from conftest import runs
+
+    [run] = runs(tmp_path)  # counted after pruning: the pruned model's own size
+    size = sum(p.numel() for p in model.parameters())
+    assert (
+        f"{size:,} trainable params (100.00% of {size:,})" in run.data.tags["mlflow.note.content"]
+    )
     from tunelab.serving.predict import load_predictor
 
     [row] = load_predictor(str(export), None).predict([{"text": "refund status"}])

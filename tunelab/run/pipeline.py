@@ -118,6 +118,7 @@ class Run:
         self.trainer.fit(
             self.module, datamodule=self.datamodule, ckpt_path=resume_from, weights_only=True
         )
+        self.counts = self.module.parameter_counts  # a method's `prepare` (pruning) reshaped it
         signals.requested().check()  # a signal during the last validation: stop before testing
 
     def test(self) -> None:
