@@ -262,10 +262,7 @@ def test_training_leaves_frozen_weights_bit_identical(method, trained):
     logged = client.get_run(result.run_id).data.metrics
     now = snapshot.module.parameter_counts[0]
     assert logged["params/trainable"] == result.trainable_params
-    # prune: counted at the run's start, before `prepare` removed neurons at the start of fit
-    assert (
-        (result.trainable_params > now) if method == "prune" else (result.trainable_params == now)
-    )
+    assert result.trainable_params == now  # prune: counted again after `prepare` removed neurons
 
 
 def load_export(method: str, folder: Path, tiny_bert: Path) -> nn.Module:

@@ -118,7 +118,9 @@ class Run:
         self.trainer.fit(
             self.module, datamodule=self.datamodule, ckpt_path=resume_from, weights_only=True
         )
-        self.counts = self.module.parameter_counts  # a method's `prepare` (pruning) reshaped it
+        before, self.counts = self.counts, self.module.parameter_counts
+        if self.counts != before and is_rank_zero():  # a method's `prepare` (pruning) reshaped it
+            self._log_counts()
         signals.requested().check()  # a signal during the last validation: stop before testing
 
     def test(self) -> None:
@@ -203,19 +205,17 @@ class Run:
         return self.close()
 
     def _log_start(self) -> None:
-        trainable, total = self.counts
         self.logger.log_hyperparams(run_info.run_params(self.resolved))
-        self.logger.log_metrics(
-            {
-                "params/trainable": trainable,
-                "params/total": total,
-                "params/trainable_pct": 100.0 * trainable / max(total, 1),
-            },
-            step=0,
-        )
+        self._log_counts()
         rows = run_info.split_rows(self.datamodule)
         client, run_id = self.logger.experiment, self.logger.run_id
         run_info.log_datasets(client, run_id, self.resolved["data"], rows)
+
+    def _log_counts(self) -> None:
+        trainable, total = self.counts
+        counts = {"params/trainable": trainable, "params/total": total}
+        counts["params/trainable_pct"] = 100.0 * trainable / max(total, 1)
+        self.logger.log_metrics(counts, step=0)
 
     def _save_model(self, module: Any) -> None:
         """The export folder with its `model_info.json`; logged as an MLflow Model; merged."""
