@@ -20,8 +20,6 @@ again: its checkpoint holds the warmed-up weights.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -32,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from callbacks.limits import stoppable
+from tunelab.base.pooling import classifier_inputs
 
 
 def draw_pairs(labels: list[int], pairs_per_row: int, seed: int) -> np.ndarray:
@@ -59,22 +58,6 @@ def draw_pairs(labels: list[int], pairs_per_row: int, seed: int) -> np.ndarray:
 def say(message: str) -> None:
     """One progress line on stderr (the warm-up runs before Lightning's progress bar starts)."""
     print(message, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def head_inputs(model: Any) -> Iterator[list[torch.Tensor]]:
-    """The vectors the classification head reads, gradients kept, one tensor per forward."""
-    heads = [m for n, m in model.named_modules() if n.split(".")[-1] in ("classifier", "score")]
-    found: list[torch.Tensor] = []
-
-    def keep(module: Any, args: tuple) -> None:
-        found.append(args[0][:, 0] if args[0].dim() == 3 else args[0])
-
-    handle = heads[0].register_forward_pre_hook(keep)
-    try:
-        yield found
-    finally:
-        handle.remove()
 
 
 class ContrastiveWarmup(L.Callback):
@@ -128,12 +111,9 @@ class ContrastiveWarmup(L.Callback):
         """The mean pair loss over `pairs`, without dropout or gradients."""
         pl_module.eval()
         with torch.no_grad():
-            losses = [
-                float(self.pair_loss(trainer, pl_module, pairs[i : i + 64]))
-                * len(pairs[i : i + 64])
-                for i in range(0, len(pairs), 64)
-            ]
-        return sum(losses) / len(pairs)
+            chunks = [pairs[i : i + 64] for i in range(0, len(pairs), 64)]
+            total = sum(float(self.pair_loss(trainer, pl_module, c)) * len(c) for c in chunks)
+        return total / len(pairs)
 
     @staticmethod
     def pair_loss(trainer: L.Trainer, pl_module: L.LightningModule, pairs: Any) -> torch.Tensor:
@@ -142,10 +122,13 @@ class ContrastiveWarmup(L.Callback):
 
         datamodule = trainer.datamodule
         rows = datamodule.splits["train"].select([*pairs[:, 0], *pairs[:, 1]])
-        rows = rows.remove_columns([c for c in rows.column_names if c == "labels"])
+        rows = rows.remove_columns("labels")  # the model's own loss is not wanted here
         batch = DataCollatorWithPadding(datamodule.tokenizer)(list(rows))
         batch = {k: v.to(pl_module.device) for k, v in batch.items()}
-        with head_inputs(pl_module.model) as found, trainer.precision_plugin.forward_context():
+        with (
+            classifier_inputs(pl_module.model, keep_graph=True) as found,
+            trainer.precision_plugin.forward_context(),
+        ):
             pl_module(**batch)
         vectors = found[0].float()
         first, second = vectors[: len(pairs)], vectors[len(pairs) :]

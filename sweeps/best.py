@@ -9,14 +9,17 @@ best trial's MLflow Model is registered and the alias `champion` points at it.
 from __future__ import annotations
 
 import json
-import time
+import logging
 from typing import Any
 
 import optuna
 from mlflow import MlflowClient
 
+from tunelab.base.backoff import Backoff, again_while
 from tunelab.base.schema import RunConfig
 from tunelab.tracking.store import absolute_uri
+
+log = logging.getLogger(__name__)
 
 ALIAS = "champion"
 CARRIED = ("val/", "test/", "params/")
@@ -113,13 +116,14 @@ def finish_parent(
     """
     from mlflow.exceptions import MlflowException
 
-    for attempt in range(3):
-        try:
-            return _finish_parent(client, run, parent_id, study, status)
-        except MlflowException as err:
-            if attempt == 2 or not lost_race(err):
-                raise
-            time.sleep(1 + attempt)
+    def raced(err: Exception) -> bool:
+        return isinstance(err, MlflowException) and lost_race(err)
+
+    def warn(err: Exception, wait: float) -> None:
+        log.warning("another worker tagged the sweep's parent run at once; again in %.0f s", wait)
+
+    again = Backoff(first=1.0, most=2.0, patience=3.5)  # three tries: now, after 1 s, after 2 s
+    again_while(lambda: _finish_parent(client, run, parent_id, study, status), raced, again, warn)
 
 
 def _finish_parent(

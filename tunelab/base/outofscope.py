@@ -208,10 +208,7 @@ def choose_threshold(
         found = measure(won | (scores > threshold), predicted, labels, detector.oos_index)
         if found["in_scope_acc"] < floor - 1e-6:  # float32 means
             continue
-        if best is None or rank(found, in_scope_drop) > best:
-            best, detector.threshold, detector.validation = (
-                rank(found, in_scope_drop),
-                threshold,
-                found,
-            )
+        score = rank(found, in_scope_drop)
+        if best is None or score > best:
+            best, detector.threshold, detector.validation = score, threshold, found
     return detector

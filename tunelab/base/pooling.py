@@ -131,12 +131,15 @@ def pooling_of(model: Any) -> str:
 
 
 @contextmanager
-def classifier_inputs(model: Any, wanted: Any = True) -> Iterator[list[torch.Tensor]]:
+def classifier_inputs(
+    model: Any, wanted: Any = True, keep_graph: bool = False
+) -> Iterator[list[torch.Tensor]]:
     """Collect the vectors the classification head reads, one tensor per forward pass.
 
     The features of the out-of-scope detectors (Podolskiy et al. 2021 read BERT's pooled
     vector): the pooled vector of a BERT-style head, the first token's for a sequence head.
-    Nothing is collected when `wanted` is falsy or the model has no such head (ONNX).
+    Nothing is collected when `wanted` is falsy or the model has no such head (ONNX). They are
+    detached float32 copies unless `keep_graph` (a loss on them, the contrastive warm-up).
     """
     found: list[torch.Tensor] = []
     named = getattr(model, "named_modules", None)
@@ -147,8 +150,8 @@ def classifier_inputs(model: Any, wanted: Any = True) -> Iterator[list[torch.Ten
     head = heads[0]
 
     def keep(module: Any, args: tuple) -> None:
-        vector = args[0]
-        found.append((vector[:, 0] if vector.dim() == 3 else vector).detach().float())
+        vector = args[0][:, 0] if args[0].dim() == 3 else args[0]
+        found.append(vector if keep_graph else vector.detach().float())
 
     handle = head.register_forward_pre_hook(keep)
     try:
